@@ -1,0 +1,43 @@
+"""gridflow: classify and cluster huge point datasets with image convolution filters.
+
+Points are binned into per-class count grids (:func:`bin_points`), stored as
+Zarr (:func:`open_grid`), and processed by iterated filters distributed
+with Dask. See DESIGN.md for the semantics of every stage.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("gridflow")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0+unknown"
+
+from gridflow.binning import BinReport, bin_points
+from gridflow.errors import (
+    GridflowError,
+    GridflowWarning,
+    InputDataError,
+    ParameterError,
+    StoreError,
+)
+from gridflow.grid import GridSpec
+from gridflow.points import open_points
+from gridflow.store import open_grid
+from gridflow.synth import PointProcess, make_points, write_points
+
+__all__ = [
+    "BinReport",
+    "GridSpec",
+    "GridflowError",
+    "GridflowWarning",
+    "InputDataError",
+    "ParameterError",
+    "PointProcess",
+    "StoreError",
+    "__version__",
+    "bin_points",
+    "make_points",
+    "open_grid",
+    "open_points",
+    "write_points",
+]

@@ -1,0 +1,116 @@
+"""Compiled binning kernels, generated per number of dims.
+
+One pass over the rows of a block: check the label code, check the
+coordinates are finite and in range, compute the cell with the same float64
+operations in the same order as :meth:`gridflow.grid.GridSpec.cell_index`,
+and either count the row into a dense grid (``mode="dense"``) or emit its
+chunk-major key (``mode="keys"``). The loop over dims is unrolled in
+generated source, which numba compiles about three times faster than a loop
+over a tuple of columns. Numba is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+# Positions in the stats array: rows binned, non-finite, out of range, bad
+# label, then one count per class.
+BINNED, NONFINITE, OUT_OF_RANGE, BAD_LABEL = range(4)
+
+_HEAD = """
+def kernel(cols, codes, nclasses, lo, hi, width, nbins, periodic, {extra}stats):
+    {cols} = cols
+{geometry}
+    n = codes.shape[0]
+    nonfinite = 0
+    outside = 0
+    badlabel = 0
+    per_class = np.zeros(nclasses, np.int64)
+{setup}
+    for i in range(n):
+        k = codes[i]
+        if k < 0 or k >= nclasses:
+            badlabel += 1
+            continue
+{loads}
+        if not ({finite}):
+            nonfinite += 1
+            continue
+{cells}
+{tail}
+        per_class[k] += 1
+    stats[1] += nonfinite
+    stats[2] += outside
+    stats[3] += badlabel
+    for c in range(nclasses):
+        stats[0] += per_class[c]
+        stats[4 + c] += per_class[c]
+{ret}
+"""
+
+_CELL = """\
+        t{j} = v{j} - lo{j}
+        if p{j}:
+            t{j} = np.fmod(t{j}, w{j})
+            if t{j} < 0:
+                t{j} += w{j}
+        elif not (v{j} >= lo{j} and v{j} <= hi{j}):
+            outside += 1
+            continue
+        i{j} = int(math.floor(t{j} / w{j} * nb{j}))
+        if i{j} >= nb{j}:
+            i{j} = nb{j} - 1
+"""
+
+
+def _source(ndim: int, mode: str) -> str:
+    dims = range(ndim)
+    geometry = "\n".join(
+        f"    lo{j} = lo[{j}]\n    hi{j} = hi[{j}]\n    w{j} = width[{j}]\n"
+        f"    nb{j} = nbins[{j}]\n    p{j} = periodic[{j}]"
+        for j in dims
+    )
+    if mode == "dense":
+        extra, setup, ret = "out, ", "", "    return 0"
+        flat = "k"
+        for j in dims:
+            flat = f"({flat}) * nb{j} + i{j}"
+        tail = f"        out[{flat}] += 1"
+    else:
+        extra = "csize, nblocks, "
+        setup = "\n".join(f"    cs{j} = csize[{j}]\n    nk{j} = nblocks[{j}]" for j in dims)
+        setup += "\n    block_cells = 1\n    for c in csize:\n        block_cells *= c"
+        setup += "\n    keys = np.empty(n, np.int64)\n    m = 0"
+        block, local = "0", "0"
+        for j in dims:
+            block = f"({block}) * nk{j} + i{j} // cs{j}"
+            local = f"({local}) * cs{j} + i{j} % cs{j}"
+        tail = (
+            f"        keys[m] = (({block}) * nclasses + k) * block_cells + {local}\n        m += 1"
+        )
+        ret = "    return keys[:m]"
+    return _HEAD.format(
+        extra=extra,
+        cols=", ".join(f"c{j}" for j in dims) + ("," if ndim == 1 else ""),
+        geometry=geometry,
+        setup=setup,
+        loads="\n".join(f"        v{j} = float(c{j}[i])" for j in dims),
+        finite=" and ".join(f"math.isfinite(v{j})" for j in dims),
+        cells="".join(_CELL.format(j=j) for j in dims),
+        tail=tail,
+        ret=ret,
+    )
+
+
+@functools.cache
+def kernel(ndim: int, mode: str) -> Any:
+    """The compiled kernel for ``ndim`` dims; ``mode`` is "dense" or "keys"."""
+    import numba
+
+    namespace: dict[str, Any] = {"np": np, "math": math}
+    exec(compile(_source(ndim, mode), f"<gridflow bin kernel {ndim}-D {mode}>", "exec"), namespace)
+    return numba.njit(nogil=True)(namespace["kernel"])

@@ -1,0 +1,462 @@
+"""Point sources: read labeled points from files and in-memory containers.
+
+Binning and prediction accept the same sources; this module turns any of
+them into a :class:`PointSource`, a list of lazily computed blocks of
+coordinate columns and labels, without copying in-memory data:
+
+- a path to Parquet (file, directory or glob), CSV (file or glob), a Zarr
+  group of 1-D arrays (one per column), ``.npy`` (structured array) or
+  ``.npz`` (one array per column);
+- a pandas or dask DataFrame;
+- a NumPy array of shape ``(n, d)`` with ``labels=`` given separately, or a
+  mapping of column name to 1-D array.
+
+Parquet written by :func:`gridflow.synth.write_points` carries its coordinate
+columns and suggested grid geometry in its metadata; :attr:`PointSource.hints`
+exposes them.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from gridflow.errors import InputDataError
+
+__all__ = ["Block", "PointSource", "open_points"]
+
+log = logging.getLogger(__name__)
+
+#: Rows per block when gridflow splits in-memory arrays itself.
+BLOCK_ROWS = 4_000_000
+
+
+class Block(NamedTuple):
+    """One partition of points: coordinate columns and labels (or None)."""
+
+    columns: tuple[np.ndarray, ...]
+    labels: np.ndarray | None
+
+
+@dataclass
+class PointSource:
+    """Points as lazily computed blocks, with the names of their columns.
+
+    Build one with :func:`open_points`. ``label`` is None when the source has
+    no label column (prediction inputs).
+    """
+
+    columns: tuple[str, ...]
+    label: str | None
+    blocks: list[Any]
+    label_kind: str | None = None
+    categories: tuple | None = None
+    hints: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.columns)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.blocks)
+
+
+def open_points(
+    source: Any,
+    *,
+    columns: Sequence[str] | str | None = None,
+    label: str | None = "label",
+    labels: Any = None,
+    require_label: bool = True,
+) -> PointSource:
+    """Open a point source for binning or prediction.
+
+    Parameters
+    ----------
+    source : path, DataFrame, ndarray or mapping
+        Where the points are (see the module docstring for the formats).
+    columns : sequence of str or str, optional
+        Coordinate columns, in grid dim order. Default: the columns recorded
+        by the synthetic generator, else every numeric column except the
+        label column (and a ``bayes`` column).
+    label : str or None, default "label"
+        Name of the label column. None for unlabeled points.
+    labels : array-like, optional
+        Labels given separately from a NumPy ``source``.
+    require_label : bool, default True
+        Raise if the label column is missing.
+
+    Examples
+    --------
+    >>> src = open_points(np.zeros((10, 2)), labels=np.zeros(10, int))
+    >>> src.columns, src.npartitions
+    (('x0', 'x1'), 1)
+    """
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(os.fspath(source), columns, label, labels, require_label)
+    if isinstance(source, np.ndarray) and source.dtype.names is None:
+        return _from_ndarray(source, columns, labels, label, require_label)
+    if isinstance(source, da.Array):
+        return _from_dask_array(source, columns, labels, label, require_label)
+    if isinstance(source, np.ndarray):  # structured
+        source = {n: source[n] for n in source.dtype.names}
+    if isinstance(source, Mapping):
+        return _from_mapping(source, columns, label, labels, require_label, "arrays")
+    if isinstance(source, pd.DataFrame):
+        return _from_pandas(source, columns, label, require_label)
+    if _is_dask_frame(source):
+        return _from_frame(source, columns, label, require_label, "dask DataFrame", {})
+    raise InputDataError(
+        f"points: expected a path, DataFrame, NumPy array or mapping of columns, "
+        f"got {type(source).__name__}"
+    )
+
+
+def _is_dask_frame(obj: Any) -> bool:
+    return (
+        type(obj).__module__.startswith("dask")
+        and hasattr(obj, "to_delayed")
+        and hasattr(obj, "columns")
+    )
+
+
+# --- paths ----------------------------------------------------------------
+
+
+def _open_path(
+    path: str,
+    columns: Sequence[str] | None,
+    label: str | None,
+    labels: Any,
+    require_label: bool,
+) -> PointSource:
+    import dask.dataframe as dd
+
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+    if not files or not all(os.path.exists(f) for f in files):
+        raise InputDataError(f"points: {path} does not exist; give an existing file or directory")
+    first = files[0].rstrip("/")
+    lower = first.lower()
+    if (
+        lower.endswith(".zarr")
+        or os.path.exists(os.path.join(first, "zarr.json"))
+        or (os.path.exists(os.path.join(first, ".zgroup")))
+    ):
+        return _from_zarr(first, columns, label, labels, require_label)
+    if lower.endswith(".npz"):
+        with np.load(first) as z:
+            arrays = {k: z[k] for k in z.files}
+        return _from_mapping(arrays, columns, label, labels, require_label, first)
+    if lower.endswith(".npy"):
+        arr = np.load(first, mmap_mode="r")
+        if arr.dtype.names is None:
+            return _from_ndarray(arr, columns, labels, label, require_label)
+        return _from_mapping(
+            {n: arr[n] for n in arr.dtype.names}, columns, label, labels, require_label, first
+        )
+    if _empty_file(files):
+        raise InputDataError(f"points: {path} is empty; it holds no rows to bin")
+    if lower.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
+        sep = "\t" if lower.endswith(".tsv") else ","
+        try:
+            frame = dd.read_csv(files, sep=sep, blocksize="64MB", assume_missing=False)
+        except pd.errors.EmptyDataError:
+            raise InputDataError(f"points: {path} is empty; it holds no rows to bin") from None
+        return _from_frame(frame, columns, label, require_label, path, {})
+    if lower.endswith((".parquet", ".pq")) or os.path.isdir(first):
+        from gridflow.synth import read_synth_metadata
+
+        hints = read_synth_metadata(first) or {}
+        try:
+            frame = dd.read_parquet(files if len(files) > 1 else first)
+        except Exception as exc:  # pyarrow raises many types for unreadable files
+            raise InputDataError(f"points: cannot read {path} as Parquet ({exc})") from None
+        return _from_frame(frame, columns, label, require_label, path, hints)
+    raise InputDataError(
+        f"points: cannot tell the format of {path}; use .parquet, .csv, .zarr, .npy or .npz"
+    )
+
+
+def _empty_file(files: list[str]) -> bool:
+    """True when every file is empty, or a small text file with a header only."""
+
+    def empty(f: str) -> bool:
+        if not os.path.isfile(f):
+            return False
+        size = os.path.getsize(f)
+        if size == 0:
+            return True
+        if size > 2**16 or not f.lower().endswith((".csv", ".tsv", ".txt")):
+            return False
+        with open(f, "rb") as fh:
+            return sum(1 for line in fh if line.strip()) <= 1
+
+    return all(empty(f) for f in files)
+
+
+def _from_zarr(path, columns, label, labels, require_label) -> PointSource:
+    import xarray as xr
+
+    try:
+        ds = xr.open_zarr(path, consolidated=False)
+    except Exception as exc:
+        raise InputDataError(
+            f"points: cannot read {path} as a Zarr group of columns ({exc})"
+        ) from None
+    arrays = {}
+    for name, var in ds.variables.items():
+        if var.ndim == 1:
+            arrays[str(name)] = var.data
+    return _from_mapping(arrays, columns, label, labels, require_label, path)
+
+
+# --- dataframes -----------------------------------------------------------
+
+
+def _from_frame(frame, columns, label, require_label, description, hints) -> PointSource:
+    meta = frame._meta
+    available = [str(c) for c in meta.columns]
+    if label is not None and label not in available:
+        if require_label:
+            raise InputDataError(
+                f"points: label column {label!r} not found in {description}; available columns: "
+                f"{', '.join(available)}; pass --label NAME"
+            )
+        label = None
+    columns = _choose_columns(columns, available, label, hints, lambda c: meta[c].dtype)
+    frame = frame[[*columns, label] if label is not None else list(columns)]
+    kind, categories = _label_kind(meta[label].dtype, label, description) if label else (None, None)
+    if kind == "category" and categories is None:
+        # Categories differ between partitions: read the values, not the codes.
+        kind = "str"
+    blocks = [
+        dask.delayed(_frame_block)(part, tuple(columns), label, kind == "category")
+        for part in frame.to_delayed()
+    ]
+    return PointSource(tuple(columns), label, blocks, kind, categories, hints, str(description))
+
+
+def _frame_block(
+    part: pd.DataFrame, columns: tuple[str, ...], label: str | None, codes: bool
+) -> Block:
+    cols = tuple(_coord_array(part[c].to_numpy(), c) for c in columns)
+    labels = None if label is None else _label_array(part[label], codes)
+    return Block(cols, labels)
+
+
+def _coord_array(a: np.ndarray, name: str) -> np.ndarray:
+    if a.dtype.kind not in "fiub":
+        # Pandas nullable floats arrive as objects when they hold NA.
+        try:
+            return np.asarray(a, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputDataError(
+                f"points: column {name!r} is not numeric (found {a[:1].tolist()}); "
+                "choose numeric coordinate columns with --columns"
+            ) from None
+    return a
+
+
+def _label_array(s: pd.Series, codes: bool) -> np.ndarray:
+    """Labels of one partition: category codes when the categories are the
+    same in every partition, else the values (NaN/None for missing)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        if codes:
+            return s.cat.codes.to_numpy()
+        return s.astype(object).to_numpy()
+    if s.dtype.kind in "iubf":
+        return s.to_numpy()
+    return s.to_numpy(dtype=object, na_value=None)
+
+
+def _choose_columns(columns, available, label, hints, dtype_of) -> list[str]:
+    if columns is None or len(columns) == 0:
+        if hints.get("columns"):
+            columns = list(hints["columns"])
+        else:
+            excluded = {label, "bayes"}
+            columns = [c for c in available if c not in excluded and _is_numeric_dtype(dtype_of(c))]
+            if not columns:
+                raise InputDataError(
+                    f"points: no numeric coordinate columns found among {available}; "
+                    "pass --columns x,y"
+                )
+    columns = [str(c) for c in columns]
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise InputDataError(
+            f"points: column {missing[0]!r} not found; available columns: {', '.join(available)}"
+        )
+    if label is not None and label in columns:
+        raise InputDataError(f"points: {label!r} is the label column; it cannot be a coordinate")
+    if len(set(columns)) != len(columns):
+        raise InputDataError(f"points: columns must be distinct, got {columns}")
+    for c in columns:
+        if not _is_numeric_dtype(dtype_of(c)):
+            raise InputDataError(
+                f"points: column {c!r} is not numeric (dtype {dtype_of(c)}); "
+                "choose numeric coordinate columns with --columns"
+            )
+    return columns
+
+
+def _is_numeric_dtype(dtype: Any) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def _label_kind(dtype: Any, label: str, description: str) -> tuple[str, tuple | None]:
+    """'int', 'float' (integral floats, NaN = missing), 'str' or 'category'."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = dtype.categories
+        if cats is None or len(cats) == 0:
+            return "category", None
+        return "category", tuple(cats.tolist())
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        return "int", None
+    if pd.api.types.is_float_dtype(dtype):
+        return "float", None
+    if pd.api.types.is_string_dtype(dtype) or getattr(dtype, "kind", "") == "O":
+        return "str", None
+    raise InputDataError(
+        f"points: label column {label!r} in {description} has dtype {dtype}; "
+        "labels must be integers or strings"
+    )
+
+
+def _from_pandas(df: pd.DataFrame, columns, label, require_label) -> PointSource:
+    """Slice the columns' NumPy arrays directly (no copy, no dask DataFrame)."""
+    arrays: dict[str, Any] = {}
+    categories = None
+    for name in df.columns:
+        s = df[name]
+        if name == label and isinstance(s.dtype, pd.CategoricalDtype):
+            categories = tuple(s.cat.categories.tolist())
+            arrays[str(name)] = s.cat.codes.to_numpy()
+        elif isinstance(s.dtype, np.dtype) and s.dtype.kind in "iufb":
+            arrays[str(name)] = s.to_numpy()
+        elif pd.api.types.is_numeric_dtype(s.dtype) and not isinstance(
+            s.dtype, pd.CategoricalDtype
+        ):  # nullable extension dtypes: NA becomes NaN
+            arrays[str(name)] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            arrays[str(name)] = s.to_numpy(dtype=object, na_value=None)
+    src = _from_mapping(arrays, columns, label, None, require_label, "pandas DataFrame")
+    if categories is not None and src.label == label:
+        src.label_kind, src.categories = "category", categories
+    return src
+
+
+# --- arrays ---------------------------------------------------------------
+
+
+def _from_ndarray(arr, columns, labels, label, require_label) -> PointSource:
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputDataError(f"points: expected an array of shape (n, d), got shape {arr.shape}")
+    names = list(columns) if columns else [f"x{i}" for i in range(arr.shape[1])]
+    if len(names) != arr.shape[1]:
+        raise InputDataError(
+            f"points: {len(names)} column names for an array with {arr.shape[1]} columns"
+        )
+    return _from_mapping(
+        {n: arr[:, i] for i, n in enumerate(names)}, names, label, labels, require_label, "array"
+    )
+
+
+def _from_dask_array(arr, columns, labels, label, require_label) -> PointSource:
+    if arr.ndim != 2:
+        raise InputDataError(f"points: expected an array of shape (n, d), got shape {arr.shape}")
+    names = list(columns) if columns else [f"x{i}" for i in range(arr.shape[1])]
+    if len(names) != arr.shape[1]:
+        raise InputDataError(
+            f"points: {len(names)} column names for an array with {arr.shape[1]} columns"
+        )
+    return _from_mapping(
+        {n: arr[:, i] for i, n in enumerate(names)}, names, label, labels, require_label, "array"
+    )
+
+
+def _from_mapping(arrays, columns, label, labels, require_label, description) -> PointSource:
+    arrays = dict(arrays)
+    if labels is not None:
+        arrays[label or "label"] = labels
+        label = label or "label"
+    available = list(arrays)
+    if label is not None and label not in arrays:
+        if require_label:
+            raise InputDataError(
+                f"points: no labels: {description} has no column {label!r} "
+                f"(available: {', '.join(available)}); pass labels= or --label NAME"
+            )
+        label = None
+    columns = _choose_columns(
+        columns, available, label, {}, lambda c: np.asarray(arrays[c][:0]).dtype
+    )
+    n = len(arrays[columns[0]])
+    for name in [*columns, *([label] if label else [])]:
+        if len(arrays[name]) != n:
+            raise InputDataError(
+                f"points: column {name!r} has {len(arrays[name])} rows, expected {n} like "
+                f"{columns[0]!r}"
+            )
+    if label is not None:
+        lab = arrays[label]
+        dtype = lab.dtype if hasattr(lab, "dtype") else np.asarray(lab).dtype
+        if dtype.kind in "US":
+            dtype = np.dtype(object)
+        kind, categories = _label_kind(dtype, label, description)
+    else:
+        kind, categories = None, None
+    blocks = _array_blocks([arrays[c] for c in columns], arrays[label] if label else None, n)
+    return PointSource(tuple(columns), label, blocks, kind, categories, {}, str(description))
+
+
+def _array_blocks(cols: list[Any], labels: Any, n: int) -> list[Any]:
+    if any(isinstance(c, da.Array) for c in [*cols, labels]):
+        cols = [da.asarray(c) for c in cols]
+        chunks = cols[0].chunks[0]
+        cols = [c.rechunk((chunks,)) for c in cols]
+        parts = [c.to_delayed().ravel() for c in cols]
+        lab_parts = (
+            da.asarray(labels).rechunk((chunks,)).to_delayed().ravel()
+            if labels is not None
+            else [None] * len(chunks)
+        )
+        return [
+            dask.delayed(_make_block)(tuple(p[i] for p in parts), lab_parts[i])
+            for i in range(len(chunks))
+        ]
+    cols = [np.asarray(c) for c in cols]
+    labels = None if labels is None else np.asarray(labels)
+    if labels is not None and labels.dtype.kind in "US":
+        labels = labels.astype(object)
+    starts = range(0, max(n, 1), BLOCK_ROWS)
+    return [
+        dask.delayed(
+            Block(
+                tuple(c[s : s + BLOCK_ROWS] for c in cols),
+                None if labels is None else labels[s : s + BLOCK_ROWS],
+            ),
+            pure=False,
+            traverse=False,
+        )
+        for s in starts
+    ]
+
+
+def _make_block(cols: tuple[np.ndarray, ...], labels: np.ndarray | None) -> Block:
+    return Block(tuple(cols), labels)

@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from gridflow import open_grid
+from gridflow.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_synth_bin_info_round_trip(tmp_path):
+    points = tmp_path / "pts.parquet"
+    store = tmp_path / "grid.zarr"
+    r = run("synth", points, "--points", 20000, "--dims", 2, "--classes", 3, "--seed", 4, "--bayes")
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(points)
+    assert len(df) == 20000 and set(df.columns) == {"x0", "x1", "label", "bayes"}
+
+    r = run("bin", points, store, "--bins", "40,30", "--chunks", 16)
+    assert r.exit_code == 0, r.output
+    assert "binned 20,000 of 20,000 rows" in r.output
+    ds = open_grid(store)
+    # synth records the torus: bounds [0, 1) and periodic dims, and the
+    # coordinate columns (the bayes column is not a coordinate).
+    assert ds.attrs["gridflow_grid"]["periodic"] == [True, True]
+    assert ds.attrs["gridflow_grid"]["bounds"] == [[0.0, 1.0], [0.0, 1.0]]
+    counts = ds["counts"].values
+    assert counts.shape == (3, 40, 30)
+    assert ds["counts"].data.chunksize == (3, 16, 16)
+    expect = np.zeros((3, 40, 30), int)
+    np.add.at(
+        expect,
+        (df["label"], np.floor(df["x0"] * 40).astype(int), np.floor(df["x1"] * 30).astype(int)),
+        1,
+    )
+    np.testing.assert_array_equal(counts, expect)
+
+    r = run("info", store)
+    assert r.exit_code == 0, r.output
+    for text in ("x0", "40 bins", "periodic", "classes (3)", "stages: bin", "history:"):
+        assert text in r.output
+    per_class = np.bincount(df["label"], minlength=3)
+    for n in per_class:
+        assert f"{n:,} points" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--columns", "x0,zz"], "column 'zz' not found"),
+        (["--bins", "0"], "bins"),
+        (["--bounds", "1,0"], "lo < hi"),
+        (["--label", "nope"], "label column 'nope' not found"),
+    ],
+)
+def test_bin_errors_exit_2_with_one_line(tmp_path, args, message):
+    points = tmp_path / "pts.parquet"
+    run("synth", points, "--points", 1000)
+    store = tmp_path / "g.zarr"
+    base = ["bin", points, store]
+    if "--bins" not in args:
+        base += ["--bins", 10]
+    r = CliRunner().invoke(main, [str(a) for a in base + args])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ") and message in r.output
+    assert r.output.count("\n") == 1
+    assert not store.exists()
+
+
+def test_info_on_a_foreign_store_fails_cleanly(tmp_path):
+    r = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "not a gridflow store" in r.output
+
+
+def test_synth_refuses_to_overwrite(tmp_path):
+    points = tmp_path / "pts.parquet"
+    assert run("synth", points, "--points", 100).exit_code == 0
+    r = CliRunner().invoke(main, ["synth", str(points), "--points", "100"])
+    assert r.exit_code == 2 and "overwrite" in r.output
+
+
+def test_console_script_entry_point(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "gridflow")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("synth", "bin", "info", "demo"):
+        assert cmd in out.stdout
+    bad = subprocess.run(
+        [exe, "info", str(tmp_path / "missing.zarr")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("error: store:")
