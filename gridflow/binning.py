@@ -264,22 +264,36 @@ def parse_chunks(
 # --- strategies -----------------------------------------------------------------
 
 
-def _count_block_dense(block: Block, classes: _Classes, spec: GridSpec) -> tuple:
+def _count_into(
+    acc: tuple | None, block: Block, classes: _Classes, spec: GridSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count one block into the running ``(grid, stats)`` of a chain.
+
+    The chain owns its grid: each step adds in place and hands it on, so a
+    thread allocates and zeroes one grid however many blocks it counts.
+    """
     nclasses = len(classes.names)
-    out = np.zeros(nclasses * spec.ncells, dtype=np.uint32)
-    stats = np.zeros(4 + nclasses, dtype=np.int64)
-    if block.columns and len(block.columns[0]):
+    if acc is None:
+        acc = (
+            np.zeros(nclasses * spec.ncells, dtype=np.uint32),
+            np.zeros(4 + nclasses, dtype=np.int64),
+        )
+    grid, stats = acc
+    rows = len(block.columns[0]) if block.columns else 0
+    if grid.dtype == np.uint32 and stats[BINNED] + rows > _U32_MAX:
+        grid = grid.astype(np.uint64)  # a cell could wrap: widen first
+    if rows:
         codes = classes.codes(block.labels)
         count = kernel(spec.ndim, "dense")
-        count(_columns(block), codes, nclasses, *_kernel_args(spec), out, stats)
-    return out, stats
+        count(_columns(block), codes, nclasses, *_kernel_args(spec), grid, stats)
+    return grid, stats
 
 
 def _add_dense(parts: list[tuple]) -> tuple:
     """Sum dense partial grids; promotes to uint64 only if the total could wrap."""
     stats = np.sum([p[1] for p in parts], axis=0)
     dtype = np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
-    total = parts[0][0].astype(dtype, copy=True)
+    total = parts[0][0].astype(dtype, copy=False)  # the chains' grids are ours
     for grid, _ in parts[1:]:
         np.add(total, grid, out=total, casting="unsafe")
     return total, stats
@@ -347,8 +361,15 @@ def _dense_chunk(
 
 
 def _bin_tree(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
-    parts = [dask.delayed(_count_block_dense)(b, classes, spec) for b in src.blocks]
-    total = _tree(parts, _add_dense)
+    # One chain of blocks per thread of the cluster, then a tree sum.
+    nchains = max(1, min(len(src.blocks), _total_threads()))
+    chains = []
+    for c in range(nchains):
+        acc = None
+        for block in src.blocks[c::nchains]:
+            acc = dask.delayed(_count_into)(acc, block, classes, spec)
+        chains.append(acc)
+    total = _tree(chains, _add_dense)
     (total,) = dask.persist(total)
     stats = np.asarray(dask.compute(total[1])[0])
     dtype = np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
@@ -399,14 +420,27 @@ def _nested(blocks: np.ndarray) -> list:
     return [rec(blocks)]
 
 
-def _memory_per_task() -> tuple[float, int]:
-    """(bytes a worker may use, tasks that run at once in it) on the active scheduler."""
+def _active_client() -> Any:
     try:
         from distributed import get_client
 
-        client = get_client()
+        return get_client()
     except (ImportError, ValueError):
-        client = None
+        return None
+
+
+def _total_threads() -> int:
+    client = _active_client()
+    if client is not None:
+        threads = sum(client.nthreads().values())
+        if threads:
+            return threads
+    return os.cpu_count() or 1
+
+
+def _memory_per_task() -> tuple[float, int]:
+    """(bytes a worker may use, tasks that run at once in it) on the active scheduler."""
+    client = _active_client()
     if client is not None:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
         limits = [(w.get("memory_limit") or 0, w.get("nthreads", 1)) for w in workers]
