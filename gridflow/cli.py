@@ -80,14 +80,20 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # Dask's own chatter (cluster start and stop) is noise at info level.
-    for name in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = {"scheduler": scheduler, "workers": workers, "memory_limit": memory_limit}
 
 
 def _cluster(ctx: click.Context) -> Any:
     from gridflow.runtime import client
+
+    # Dask's own chatter (cluster start and stop) is noise below debug level;
+    # distributed sets its loggers' levels when imported, so set them after.
+    import distributed  # noqa: F401  (configures its loggers on import)
+
+    quiet = max(logging.WARNING, logging.getLogger().level)
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(quiet)
 
     return client(
         ctx.obj["scheduler"], workers=ctx.obj["workers"], memory_limit=ctx.obj["memory_limit"]

@@ -107,10 +107,8 @@ def open_points(
         columns = [c.strip() for c in columns.split(",") if c.strip()]
     if isinstance(source, (str, os.PathLike)):
         return _open_path(os.fspath(source), columns, label, labels, require_label)
-    if isinstance(source, np.ndarray) and source.dtype.names is None:
-        return _from_ndarray(source, columns, labels, label, require_label)
-    if isinstance(source, da.Array):
-        return _from_dask_array(source, columns, labels, label, require_label)
+    if isinstance(source, (np.ndarray, da.Array)) and source.dtype.names is None:
+        return _from_array(source, columns, labels, label, require_label)
     if isinstance(source, np.ndarray):  # structured
         source = {n: source[n] for n in source.dtype.names}
     if isinstance(source, Mapping):
@@ -163,7 +161,7 @@ def _open_path(
     if lower.endswith(".npy"):
         arr = np.load(first, mmap_mode="r")
         if arr.dtype.names is None:
-            return _from_ndarray(arr, columns, labels, label, require_label)
+            return _from_array(arr, columns, labels, label, require_label)
         return _from_mapping(
             {n: arr[n] for n in arr.dtype.names}, columns, label, labels, require_label, first
         )
@@ -362,22 +360,10 @@ def _from_pandas(df: pd.DataFrame, columns, label, require_label) -> PointSource
 # --- arrays ---------------------------------------------------------------
 
 
-def _from_ndarray(arr, columns, labels, label, require_label) -> PointSource:
+def _from_array(arr, columns, labels, label, require_label) -> PointSource:
+    """An ``(n, d)`` NumPy or dask array: one column per dim, named x0.. by default."""
     if arr.ndim == 1:
         arr = arr[:, None]
-    if arr.ndim != 2:
-        raise InputDataError(f"points: expected an array of shape (n, d), got shape {arr.shape}")
-    names = list(columns) if columns else [f"x{i}" for i in range(arr.shape[1])]
-    if len(names) != arr.shape[1]:
-        raise InputDataError(
-            f"points: {len(names)} column names for an array with {arr.shape[1]} columns"
-        )
-    return _from_mapping(
-        {n: arr[:, i] for i, n in enumerate(names)}, names, label, labels, require_label, "array"
-    )
-
-
-def _from_dask_array(arr, columns, labels, label, require_label) -> PointSource:
     if arr.ndim != 2:
         raise InputDataError(f"points: expected an array of shape (n, d), got shape {arr.shape}")
     names = list(columns) if columns else [f"x{i}" for i in range(arr.shape[1])]
