@@ -36,7 +36,7 @@ import pandas as pd
 
 from gridflow._binkernel import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
 from gridflow.errors import InputDataError, ParameterError
-from gridflow.grid import GridSpec, parse_bounds
+from gridflow.grid import GridSpec, bounds_from_extrema, parse_bounds
 from gridflow.points import Block, PointSource, open_points
 
 __all__ = ["BinReport", "bin_points", "parse_chunks"]
@@ -209,16 +209,7 @@ def _scan(src: PointSource, need_bounds: bool, label_kind: str | None) -> tuple:
     if need_bounds:
         lows = np.min([p[0] for p in parts], axis=0)
         highs = np.max([p[1] for p in parts], axis=0)
-        pairs = []
-        for name, lo, hi in zip(src.columns, lows, highs, strict=True):
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                raise InputDataError(
-                    f"points: column {name!r} has no finite values; nothing to bin"
-                )
-            if lo == hi:
-                lo, hi = lo - 0.5, hi + 0.5
-            pairs.append((float(lo), float(hi)))
-        bounds = tuple(pairs)
+        bounds = bounds_from_extrema(src.columns, lows, highs)
     names = _merge_uniques([p[2] for p in parts], label_kind) if label_kind else None
     return bounds, names
 

@@ -84,11 +84,11 @@ def main(
 
 
 def _cluster(ctx: click.Context) -> Any:
-    from gridflow.runtime import client
-
     # Dask's own chatter (cluster start and stop) is noise below debug level;
     # distributed sets its loggers' levels when imported, so set them after.
     import distributed  # noqa: F401  (configures its loggers on import)
+
+    from gridflow.runtime import client
 
     quiet = max(logging.WARNING, logging.getLogger().level)
     for name in list(logging.root.manager.loggerDict):

@@ -21,9 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from gridflow.errors import ParameterError
+from gridflow.errors import InputDataError, ParameterError
 
-__all__ = ["GridSpec", "infer_bounds", "parse_bins", "parse_bounds", "parse_periodic"]
+__all__ = [
+    "GridSpec",
+    "bounds_from_extrema",
+    "infer_bounds",
+    "parse_bins",
+    "parse_bounds",
+    "parse_periodic",
+]
 
 
 def _per_dim(value: Any, ndim: int, name: str, kind: type | tuple[type, ...]) -> tuple:
@@ -353,12 +360,21 @@ def infer_bounds(frame: Any, columns: Iterable[str]) -> tuple[tuple[float, float
         import dask
 
         lows, highs = dask.compute(finite.min(), finite.max())
+    return bounds_from_extrema(columns, [lows[c] for c in columns], [highs[c] for c in columns])
+
+
+def bounds_from_extrema(
+    columns: Sequence[str], lows: Sequence[float], highs: Sequence[float]
+) -> tuple[tuple[float, float], ...]:
+    """Bounds from each column's finite min and max (a constant column gets a
+    unit-wide interval centred on its value)."""
     bounds = []
-    for col in columns:
-        lo, hi = float(lows[col]), float(highs[col])
+    for col, lo, hi in zip(columns, lows, highs, strict=True):
+        lo, hi = float(lo), float(hi)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ParameterError(
-                f"bounds: column {col!r} has no finite values to infer bounds from; give --bounds"
+            raise InputDataError(
+                f"points: column {col!r} has no finite values to infer bounds from; "
+                "give --bounds or clean the column"
             )
         if lo == hi:
             lo, hi = lo - 0.5, hi + 0.5

@@ -5,8 +5,9 @@ them into a :class:`PointSource`, a list of lazily computed blocks of
 coordinate columns and labels, without copying in-memory data:
 
 - a path to Parquet (file, directory or glob), CSV (file or glob), a Zarr
-  group of 1-D arrays (one per column), ``.npy`` (structured array) or
-  ``.npz`` (one array per column);
+  group of 1-D arrays (one per column; without ``columns`` the coordinate
+  columns go in name order, since a group does not order its arrays),
+  ``.npy`` (structured array) or ``.npz`` (one array per column);
 - a pandas or dask DataFrame;
 - a NumPy array of shape ``(n, d)`` with ``labels=`` given separately, or a
   mapping of column name to 1-D array.
@@ -214,10 +215,11 @@ def _from_zarr(path, columns, label, labels, require_label) -> PointSource:
         raise InputDataError(
             f"points: cannot read {path} as a Zarr group of columns ({exc})"
         ) from None
+    # A Zarr group does not order its arrays: default columns go by name.
     arrays = {}
-    for name, var in ds.variables.items():
-        if var.ndim == 1:
-            arrays[str(name)] = var.data
+    for name in sorted(map(str, ds.variables)):
+        if ds[name].ndim == 1:
+            arrays[name] = ds[name].data
     return _from_mapping(arrays, columns, label, labels, require_label, path)
 
 
