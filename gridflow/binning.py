@@ -5,9 +5,10 @@ accepts and counts them per class and cell into a dask array of shape
 ``(class, *dims)``. Two strategies:
 
 ``"tree"``
-    every partition of points is counted into a full dense grid by a fused
-    compiled kernel, and the grids are summed by a tree reduction. Used when
-    a grid fits comfortably in one worker's memory; fastest.
+    a compiled kernel counts the partitions of points into dense grids, one
+    grid per thread of the cluster (each thread's chain of partitions adds to
+    the same grid), and the grids are summed by a tree reduction. Used when a
+    grid fits comfortably in one worker's memory; fastest.
 ``"chunked"``
     every partition emits the sorted distinct (output chunk, class, cell)
     keys it holds with their counts; the keys are merged per group of output
@@ -366,9 +367,15 @@ def _bin_tree(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
     dtype = np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
     shape = (len(classes.names), *spec.shape)
     grid = da.from_delayed(
-        dask.delayed(np.reshape)(total[0], shape), shape=shape, dtype=dtype, name=False
+        dask.delayed(_as_grid)(total[0], shape, dtype), shape=shape, dtype=dtype, name=False
     )
     return grid.rechunk((shape[0], *chunks)), stats
+
+
+def _as_grid(flat: np.ndarray, shape: tuple, dtype: Any) -> np.ndarray:
+    # A lone chain skips _add_dense and may have widened early (it widens on
+    # rows read, not rows binned): cast to the dtype the array declares.
+    return flat.astype(dtype, copy=False).reshape(shape)
 
 
 def _bin_chunked(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
@@ -395,20 +402,12 @@ def _bin_chunked(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
             groups[cid // per_group], cid * span, nclasses, chunks, shape, dtype
         )
         blocks[idx] = da.from_delayed(piece, shape=(nclasses, *shape), dtype=dtype, name=False)
-    grid = da.block(_nested(blocks)) if spec.ndim else blocks[()]
-    return grid, stats
+    return da.block([_nested(blocks)]), stats  # the outer list is the class axis
 
 
 def _nested(blocks: np.ndarray) -> list:
-    """np.ndarray of arrays -> nested lists for da.block, with the class axis first."""
-    if blocks.ndim == 1:
-        return [list(blocks)]
-
-    # da.block nests from the outermost axis; prepend the (single) class axis.
-    def rec(a: np.ndarray) -> Any:
-        return list(a) if a.ndim == 1 else [rec(s) for s in a]
-
-    return [rec(blocks)]
+    """An object array of dask arrays as the nested lists ``da.block`` takes."""
+    return list(blocks) if blocks.ndim == 1 else [_nested(b) for b in blocks]
 
 
 def _active_client() -> Any:
@@ -450,8 +449,9 @@ def _choose_strategy(strategy: str, grid_bytes: int) -> str:
     if strategy != "auto":
         return strategy
     memory, nthreads = _memory_per_task()
-    # A tree step holds up to split_every + 1 grids; every thread of the
-    # worker may run one. Keep that under half the worker's memory.
+    # Every thread of a worker holds its chain's grid, and a tree step up to
+    # split_every + 1 more (two per thread plus eight is conservative). Keep
+    # that under half the worker's memory.
     fits = grid_bytes * (nthreads * 2 + 8) <= 0.5 * memory
     return "tree" if fits else "chunked"
 
@@ -520,8 +520,9 @@ def bin_points(
     -------
     xarray.Dataset
         ``counts`` (class, *dims), uint32 (uint64 if more than 2**32-1 points
-        are binned), with bin-centre coordinates; ``attrs["gridflow_bin"]``
-        holds the :class:`BinReport` as a dict. Backed by ``store`` when given,
+        are binned), with bin-centre coordinates;
+        ``attrs["gridflow_stages"]["bin"]["report"]`` holds the
+        :class:`BinReport` as a dict. Backed by ``store`` when given,
         else by persisted dask chunks.
 
     Examples

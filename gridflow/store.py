@@ -27,12 +27,11 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
-import uuid
 from typing import Any
 
 import numpy as np
 
+from gridflow._staging import staged_directory
 from gridflow.errors import StoreError
 from gridflow.grid import GridSpec
 
@@ -96,7 +95,8 @@ def counts_dataset(counts: Any, spec: GridSpec, classes: tuple, report: dict[str
         counts,
         attrs={"long_name": "points per class per cell"},
     )
-    params = {"grid": spec.to_dict(), "chunks": [c[0] for c in counts.chunks[1:]], "report": report}
+    # The grid itself is in gridflow_grid; the stage records what is its own.
+    params = {"chunks": [c[0] for c in counts.chunks[1:]], "report": report}
     attrs = {
         "gridflow_format": FORMAT_VERSION,
         "gridflow_version": _version(),
@@ -152,19 +152,8 @@ def write_new_store(ds: Any, path: str | os.PathLike, *, overwrite: bool = False
     """
     path = os.path.abspath(os.fspath(path))
     check_writable(path, overwrite=overwrite)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
-        if os.path.exists(path):
-            old = f"{path}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_directory(path) as staging:
+        ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False)
     log.info("wrote %s", path)
 
 

@@ -28,8 +28,6 @@ import logging
 import math
 import operator
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from gridflow import counter_rng
+from gridflow._staging import staged_directory
 from gridflow.errors import InputDataError, ParameterError
 
 if TYPE_CHECKING:
@@ -919,38 +918,15 @@ def write_points(
         "process": process.to_dict(),
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
-    staging = target.with_name(f".{target.name}.tmp-{tag}")
-    try:
+    with staged_directory(target) as staging:
         ddf.to_parquet(
             staging,
             engine="pyarrow",
             write_index=False,
             custom_metadata={METADATA_KEY: json.dumps(metadata).encode()},
         )
-        if exists:
-            _replace(staging, target, target.with_name(f".{target.name}.old-{tag}"))
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote %d synthetic points to %s", n_points, target)
     return process
-
-
-def _replace(new: Path, target: Path, aside: Path) -> None:
-    """Move ``target`` aside, put ``new`` in its place, then delete the old one."""
-    os.rename(target, aside)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside)
-    else:
-        aside.unlink()
 
 
 def read_synth_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
