@@ -1,0 +1,135 @@
+"""The filter engine against the reference output and the in-memory NumPy run."""
+
+import os
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from gridflow.errors import ParameterError
+from gridflow.kernels import parse_kernel
+from gridflow.stencil import OUTSIDE, choose_method, correlate, run_dask, run_numpy
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+
+
+def _reference(name):
+    path = os.path.join(REFERENCE, name)
+    if not os.path.exists(path):
+        pytest.skip(f"reference output {path} not present")
+    return np.load(path)
+
+
+@pytest.mark.parametrize("name", ["granville_gd_200_w5.npz", "granville_gd_400_w20.npz"])
+def test_reproduces_the_reference_implementation(name):
+    z = _reference(name)
+    w, nloop = int(z["params"][4]), int(z["params"][5])
+    labels0 = z["input_bitmap"].astype(np.int32)
+    labels0[labels0 == 255] = -1
+    kernel = parse_kernel("inverse_distance", window=w, ndim=2)
+    labels, density, votes = run_numpy(labels0, nclasses=5, kernel=kernel, iterations=nloop)
+    top2 = np.sort(votes, axis=0)[-2:]
+    unique = top2[1] > top2[0]
+    ref = z["labels"].astype(np.int32)
+    assert unique.mean() > 0.99
+    np.testing.assert_array_equal(labels[unique], ref[unique])
+    np.testing.assert_allclose(density, z["density"], rtol=1e-6)
+
+
+def _random_labels(rng, shape, nclasses, fill=0.15):
+    labels = rng.integers(0, nclasses, shape).astype(np.int32)
+    labels[rng.random(shape) > fill] = -1
+    return labels
+
+
+def _plain_votes(labels, nclasses, weights, boundary):
+    """Votes with scipy on the float weights, one class plane at a time."""
+    mode = "wrap" if boundary == "periodic" else "constant"
+    return np.stack(
+        [ndi.correlate((labels == k).astype(float), weights, mode=mode) for k in range(nclasses)]
+    )
+
+
+@pytest.mark.parametrize("kernel", ["inverse_distance", "box", "gaussian"])
+@pytest.mark.parametrize("boundary", ["periodic", "open"])
+def test_one_step_equals_scipy(kernel, boundary, rng):
+    labels = _random_labels(rng, (23, 31), 4)
+    k = parse_kernel(kernel, window=3, ndim=2)
+    got, density, votes = run_numpy(labels, nclasses=4, kernel=k, iterations=1, boundary=boundary)
+    plain = _plain_votes(labels, 4, k.weights, boundary)
+    np.testing.assert_allclose(votes, plain, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(density, plain.sum(0), rtol=1e-12)
+    expect = np.where(plain.sum(0) > 0, plain.argmax(0), -1)
+    top2 = np.sort(plain, axis=0)[-2:]
+    unique = top2[1] > top2[0] + 1e-9
+    np.testing.assert_array_equal(got[unique], expect[unique])
+
+
+@pytest.mark.parametrize("kernel", ["inverse_distance", "box", "gaussian"])
+def test_every_method_gives_the_same_bits(kernel, rng):
+    labels = _random_labels(rng, (40, 36), 3, fill=0.4)
+    k = parse_kernel(kernel, window=4, ndim=2)
+    planes = (labels[None] == np.arange(3)[:, None, None]).astype(float)
+    planes = np.pad(planes, [(0, 0), (4, 4), (4, 4)])
+    methods = ["direct", "fft"] + (["separable"] if k.separable else [])
+    methods += ["box"] if k.is_box else []
+    results = [correlate(planes, k, m) for m in methods]
+    for r in results[1:]:
+        assert np.array_equal(r[:, 4:-4, 4:-4], results[0][:, 4:-4, 4:-4])
+
+
+@pytest.mark.parametrize("kernel", ["inverse_distance", "box", "gaussian"])
+@pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.parametrize("chunks", [(30, 40), (7, 11), (2, 3), (13, 40)])
+def test_distributed_equals_in_memory_bit_for_bit(kernel, boundary, chunks, rng):
+    labels = _random_labels(rng, (30, 40), 4, fill=0.05)
+    k = parse_kernel(kernel, window=2, ndim=2)
+    ref = run_numpy(labels, nclasses=4, kernel=k, iterations=5, boundary=boundary)
+    got = run_dask(
+        da.from_array(labels, chunks=chunks), nclasses=4, kernel=k, iterations=5, boundary=boundary
+    )
+    for a, b in zip(ref, dask.compute(*got), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_fused_equals_unfused_in_3d(rng):
+    labels = _random_labels(rng, (12, 14, 10), 3, fill=0.03)
+    k = parse_kernel("inverse_distance", window=1, ndim=3)
+    arr = da.from_array(labels, chunks=(6, 7, 5))
+    fused = run_dask(arr, nclasses=3, kernel=k, iterations=6, boundary="open")
+    unfused = run_dask(arr, nclasses=3, kernel=k, iterations=6, boundary="open", fuse=1)
+    for a, b in zip(dask.compute(*fused), dask.compute(*unfused), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_open_boundary_cells_outside_never_vote():
+    labels = np.full((3, 9), -1, np.int32)
+    labels[1, 0] = 1
+    k = parse_kernel("box", window=1, ndim=2)
+    got, density, _ = run_numpy(labels, nclasses=2, kernel=k, iterations=1, boundary="open")
+    # The labeled cell on the left edge reaches its neighbours inside the grid
+    # only; on a periodic grid it also wraps to the last column.
+    expect = np.full((3, 9), -1)
+    expect[:, :2] = 1
+    assert got.tolist() == expect.tolist()
+    assert density.sum() == 6
+    got, _, _ = run_numpy(labels, nclasses=2, kernel=k, iterations=1, boundary="periodic")
+    expect[:, 8] = 1
+    assert got.tolist() == expect.tolist()
+    got, _, _ = run_numpy(labels, nclasses=2, kernel=k, iterations=8, boundary="open")
+    assert OUTSIDE not in got and (got == 1).all()
+
+
+def test_window_larger_than_the_grid():
+    k = parse_kernel("box", window=5, ndim=2)
+    with pytest.raises(ParameterError, match="larger than the grid"):
+        run_numpy(np.zeros((8, 20), np.int32), nclasses=1, kernel=k, iterations=1)
+
+
+def test_method_choice():
+    assert choose_method(parse_kernel("box", window=30, ndim=2), (512, 512)) == "box"
+    assert choose_method(parse_kernel("inverse_distance", window=1, ndim=2), (512, 512)) == "direct"
+    assert choose_method(parse_kernel("inverse_distance", window=20, ndim=2), (512, 512)) == "fft"
+    assert choose_method(parse_kernel("gaussian", window=10, ndim=2), (512, 512)) == "separable"
