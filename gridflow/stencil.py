@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import scipy.fft
@@ -188,29 +190,40 @@ def fused_steps(
     ``labels``) holds labels to keep where >= 0; ``seed`` replaces the
     one-hot planes of the first step (``seed="counts"``).
 
-    Returns a stacked float64 array: ``[labels, density]`` plus, with
-    ``final_votes``, the ``nclasses`` vote planes of the last step.
+    Returns a stacked float64 array: ``[labels, density, changed, labeled]``
+    (the last two hold per-step counts in their first ``steps`` cells) plus,
+    with ``final_votes``, the ``nclasses`` vote planes of the last step.
     """
     radius = kernel.radius
     depth = tuple(steps * r for r in radius) if depth is None else depth
     exists = labels != OUTSIDE
     cur = labels
-    dens = None
+    dens = density
     votes = None
     interior = tuple(slice(d, s - d) for d, s in zip(depth, labels.shape, strict=True))
+    # Per step: cells of this block that changed label, and that are labeled,
+    # kept in the first cells of two planes (a block has at least `steps` cells).
+    changed = np.zeros(cur[interior].size)
+    labeled = np.zeros(cur[interior].size)
     for s in range(steps):
         planes = seed if (seed is not None and s == 0) else None
         votes = vote(cur, nclasses, kernel, method, planes)
-        cur, total = decide(votes)
+        new, total = decide(votes)
         if clamp is not None:
-            cur = np.where(clamp >= 0, clamp, cur)
-        cur[~exists] = OUTSIDE
+            new = np.where(clamp >= 0, clamp, new)
+        new[~exists] = OUTSIDE
+        changed[s] = np.count_nonzero(new[interior] != cur[interior])
+        labeled[s] = np.count_nonzero(new[interior] >= 0)
+        cur = new
         step_density = total[interior] / 10.0 ** (first_step + s - 1)
-        if density is None and dens is None:
-            dens = step_density
-        else:
-            dens = (density if dens is None else dens) + step_density
-    out = [cur[interior].astype(np.float64)[None], dens[None]]
+        dens = step_density if dens is None else dens + step_density
+    shape = cur[interior].shape
+    out = [
+        cur[interior].astype(np.float64)[None],
+        dens[None],
+        changed.reshape(shape)[None],
+        labeled.reshape(shape)[None],
+    ]
     if final_votes:
         out.append(votes[(slice(None), *interior)])
     return np.concatenate(out, axis=0)
@@ -266,7 +279,7 @@ def run_numpy(
         )
         cur = out[0].astype(np.int32)
         density = out[1]
-        votes = out[2:]
+        votes = out[4:]
     return cur, density, votes
 
 
@@ -285,24 +298,63 @@ def fusion_factor(kernel: Kernel, chunks: tuple[tuple[int, ...], ...], remaining
     return max(1, min(f, remaining))
 
 
+@dataclass
+class RoundState:
+    """Labels and density after ``step`` steps."""
+
+    step: int
+    labels: da.Array
+    density: da.Array | None
+
+
+@dataclass
+class FinalRound:
+    """The last round, lazy: labels, density and votes after ``step`` steps.
+
+    ``stats`` is a delayed ``(2, n)`` array of the per-step (changed,
+    labeled) counts of its ``n`` steps still to be recorded, or None.
+    """
+
+    step: int
+    labels: da.Array
+    density: da.Array
+    votes: da.Array
+    stats: Any = None
+    first_step: int = 1
+
+
+def _persist(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
+    labels, density, stats = dask.persist(state.labels, state.density, stats)
+    return RoundState(state.step, labels, density), np.asarray(dask.compute(stats)[0])
+
+
 def run_dask(
     labels: da.Array,
     *,
     nclasses: int,
     kernel: Kernel,
-    iterations: int,
+    iterations: int | None,
     boundary: Boundary = "periodic",
     method: str = "auto",
     clamp: bool = False,
     fuse: int | None = None,
-    on_round: Callable[[int, da.Array, da.Array], tuple[da.Array, da.Array]] | None = None,
-) -> tuple[da.Array, da.Array, da.Array]:
+    tol: float = 0.0,
+    max_iter: int = 100,
+    start: RoundState | None = None,
+    materialise: Callable[[RoundState, Any], tuple[RoundState, np.ndarray]] | None = None,
+    history: list[dict[str, float]] | None = None,
+) -> FinalRound:
     """Distributed driver: rounds of fused steps with ``map_overlap`` halos.
 
-    ``fuse`` caps the steps per round (default: as many as the chunks allow).
-    ``on_round(step, labels, density)`` may persist or checkpoint the arrays
-    after each round and return the arrays to continue from.
-    Returns ``(labels, density, votes of the last step)``.
+    ``iterations=None`` runs until a step labels no new cell and changes at
+    most ``tol`` of the cells (at most ``max_iter`` steps); the result is the
+    same as stepping one at a time. ``fuse`` caps the steps per round
+    (default: as many as the chunks allow). Every round but the last is
+    computed by ``materialise(state, stats)`` (default: persist), which
+    returns the state to continue from and the per-step ``(changed,
+    labeled)`` counts; ``start`` resumes from such a state. ``history``
+    receives one dict per computed step (fractions changed and labeled).
+    The last round is returned lazily, with the votes of its last step.
     """
     _check_window(kernel, labels.shape, boundary)
     # Every chunk must hold at least one step's halo: merge smaller ones.
@@ -310,57 +362,113 @@ def run_dask(
         ensure_minimum_chunksize(max(r, 1), c)
         for r, c in zip(kernel.radius, labels.chunks, strict=True)
     )
-    if chunks != labels.chunks:
-        labels = labels.rechunk(chunks)
-    cur = labels.astype(np.int32)
-    fixed = cur if clamp else None
-    density = None
-    votes = None
-    t = 1
-    bnd = "periodic" if boundary == "periodic" else OUTSIDE
-    while t <= iterations:
-        steps = fusion_factor(kernel, cur.chunks, iterations - t + 1)
+    labels = labels.rechunk(chunks).astype(np.int32)
+    materialise = materialise or _persist
+    history = [] if history is None else history
+    fixed = labels if clamp else None
+    state = start or RoundState(0, labels, None)
+    state = RoundState(
+        state.step,
+        state.labels.rechunk(chunks),
+        None if state.density is None else state.density.rechunk(chunks),
+    )
+    limit = iterations if iterations is not None else max_iter
+    if state.step >= limit:
+        raise ParameterError(f"resume: the checkpoint is already at step {state.step} of {limit}")
+    ncells = math.prod(labels.shape)
+    prev_labeled = history[-1]["labeled"] * ncells if history else None
+    args = (fixed, nclasses, kernel, method, boundary)
+    while True:
+        steps = fusion_factor(kernel, chunks, limit - state.step)
         if fuse is not None:
             steps = min(steps, fuse)
-        depth = tuple(steps * r for r in kernel.radius)
-        last = t + steps - 1 == iterations
-        arrays = [cur] + ([fixed] if fixed is not None else [])
-        depths = [dict(enumerate(depth))] * len(arrays)
-        bounds = [bnd] * len(arrays)
-        if density is not None:
-            arrays.append(density)
-            depths.append(dict.fromkeys(range(cur.ndim), 0))
-            bounds.append("none")
-        nextra = nclasses if last else 0
-        out = da.map_overlap(
-            _round_block,
-            *arrays,
-            depth=depths,
-            boundary=bounds,
-            trim=False,
-            align_arrays=False,
-            dtype=np.float64,
-            new_axis=0,
-            chunks=((2 + nextra,), *cur.chunks),
-            meta=np.empty((0,) * (cur.ndim + 1), np.float64),
-            has_clamp=fixed is not None,
-            has_density=density is not None,
-            nclasses=nclasses,
-            kernel=kernel,
-            steps=steps,
-            first_step=t,
-            method=method,
-            depth_=depth,
-            final_votes=last,
+        if iterations is not None and state.step + steps == limit:
+            out = _round(state, *args, steps, final_votes=True)
+            return _final(state, out, steps, _block_stats(out, steps))
+        out = _round(state, *args, steps)
+        new, counts = materialise(
+            RoundState(state.step + steps, out[0].astype(np.int32), out[1]),
+            _block_stats(out, steps),
         )
-        cur = out[0].astype(np.int32)
-        density = out[1]
-        if last:
-            votes = out[2:]
-        t += steps
-        if on_round is not None:
-            cur, density = on_round(t - 1, cur, density)
-    return cur, density, votes
+        for s in range(steps):
+            changed, labeled = float(counts[0][s]), float(counts[1][s])
+            history.append(
+                {
+                    "step": state.step + s + 1,
+                    "changed": changed / ncells,
+                    "labeled": labeled / ncells,
+                }
+            )
+            newly = labeled > 0 if prev_labeled is None else labeled != prev_labeled
+            prev_labeled = labeled
+            last = state.step + s + 1 == limit
+            if last or (iterations is None and not newly and changed <= tol * ncells):
+                # Redo this round up to the stopping step, lazily with its votes.
+                out = _round(state, *args, s + 1, final_votes=True)
+                return _final(state, out, s + 1, None)
+        state = new
+
+
+def _final(state: RoundState, out: da.Array, steps: int, stats: Any) -> FinalRound:
+    return FinalRound(
+        state.step + steps, out[0].astype(np.int32), out[1], out[4:], stats, state.step + 1
+    )
+
+
+def _round(
+    state: RoundState,
+    fixed: da.Array | None,
+    nclasses: int,
+    kernel: Kernel,
+    method: str,
+    boundary: str,
+    steps: int,
+    final_votes: bool = False,
+) -> da.Array:
+    """One lazy round of ``steps`` fused steps from ``state``."""
+    depth = tuple(steps * r for r in kernel.radius)
+    cur = state.labels
+    bnd = "periodic" if boundary == "periodic" else OUTSIDE
+    arrays = [cur] + ([fixed] if fixed is not None else [])
+    depths = [dict(enumerate(depth))] * len(arrays)
+    bounds = [bnd] * len(arrays)
+    if state.density is not None:
+        arrays.append(state.density)
+        depths.append(dict.fromkeys(range(cur.ndim), 0))
+        bounds.append("none")
+    nplanes = 4 + (nclasses if final_votes else 0)
+    return da.map_overlap(
+        _round_block,
+        *arrays,
+        depth=depths,
+        boundary=bounds,
+        trim=False,
+        align_arrays=False,
+        dtype=np.float64,
+        new_axis=0,
+        chunks=((nplanes,), *cur.chunks),
+        meta=np.empty((0,) * (cur.ndim + 1), np.float64),
+        has_clamp=fixed is not None,
+        has_density=state.density is not None,
+        nclasses=nclasses,
+        kernel=kernel,
+        steps=steps,
+        first_step=state.step + 1,
+        method=method,
+        depth_=depth,
+        final_votes=final_votes,
+    )
+
+
+def _block_stats(out: da.Array, steps: int) -> Any:
+    """Delayed ``(2, steps)`` totals of the per-block step counts."""
+    blocks = out[2:4].to_delayed().ravel()
+    parts = [dask.delayed(_first_cells)(b, steps) for b in blocks]
+    return dask.delayed(sum)(parts)
+
+
+def _first_cells(block: np.ndarray, steps: int) -> np.ndarray:
+    return block.reshape(2, -1)[:, :steps]
 
 
 def _round_block(

@@ -90,7 +90,8 @@ def test_distributed_equals_in_memory_bit_for_bit(kernel, boundary, chunks, rng)
     got = run_dask(
         da.from_array(labels, chunks=chunks), nclasses=4, kernel=k, iterations=5, boundary=boundary
     )
-    for a, b in zip(ref, dask.compute(*got), strict=True):
+    got = dask.compute(got.labels, got.density, got.votes)
+    for a, b in zip(ref, got, strict=True):
         assert np.array_equal(a, b)
 
 
@@ -100,7 +101,9 @@ def test_fused_equals_unfused_in_3d(rng):
     arr = da.from_array(labels, chunks=(6, 7, 5))
     fused = run_dask(arr, nclasses=3, kernel=k, iterations=6, boundary="open")
     unfused = run_dask(arr, nclasses=3, kernel=k, iterations=6, boundary="open", fuse=1)
-    for a, b in zip(dask.compute(*fused), dask.compute(*unfused), strict=True):
+    fused = dask.compute(fused.labels, fused.density, fused.votes)
+    unfused = dask.compute(unfused.labels, unfused.density, unfused.votes)
+    for a, b in zip(fused, unfused, strict=True):
         assert np.array_equal(a, b)
 
 
@@ -133,3 +136,34 @@ def test_method_choice():
     assert choose_method(parse_kernel("inverse_distance", window=1, ndim=2), (512, 512)) == "direct"
     assert choose_method(parse_kernel("inverse_distance", window=20, ndim=2), (512, 512)) == "fft"
     assert choose_method(parse_kernel("gaussian", window=10, ndim=2), (512, 512)) == "separable"
+
+
+@pytest.mark.parametrize("fuse", [1, 2, None])
+def test_auto_iterations_stop_where_stepping_one_by_one_stops(fuse, rng):
+    labels = _random_labels(rng, (24, 30), 3, fill=0.01)
+    k = parse_kernel("inverse_distance", window=2, ndim=2)
+    history = []
+    res = run_dask(
+        da.from_array(labels, chunks=(12, 10)),
+        nclasses=3,
+        kernel=k,
+        iterations=None,
+        fuse=fuse,
+        history=history,
+    )
+    n = res.step
+    # Stepping one at a time: the first step that labels nothing new and
+    # changes nothing.
+    prev = labels
+    for t in range(1, 100):
+        cur = run_numpy(labels, nclasses=3, kernel=k, iterations=t)[0]
+        if (cur >= 0).sum() == (prev >= 0).sum() and (cur == prev).all():
+            break
+        prev = cur
+    assert n == t
+    ref = run_numpy(labels, nclasses=3, kernel=k, iterations=n)
+    got = dask.compute(res.labels, res.density, res.votes)
+    for a, b in zip(ref, got, strict=True):
+        assert np.array_equal(a, b)
+    assert [h["step"] for h in history] == list(range(1, n + 1))
+    assert history[-1]["changed"] == 0 and history[-1]["labeled"] == 1.0
