@@ -22,6 +22,7 @@ from gridflow.errors import (
 )
 from gridflow.grid import GridSpec
 from gridflow.points import open_points
+from gridflow.predict import PredictResult, predict, predict_to_parquet
 from gridflow.store import open_grid
 from gridflow.synth import PointProcess, make_points, write_points
 
@@ -33,11 +34,14 @@ __all__ = [
     "InputDataError",
     "ParameterError",
     "PointProcess",
+    "PredictResult",
     "StoreError",
     "__version__",
     "bin_points",
     "make_points",
     "open_grid",
     "open_points",
+    "predict",
+    "predict_to_parquet",
     "write_points",
 ]
