@@ -13,6 +13,7 @@ except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
 from gridflow.binning import BinReport, bin_points
+from gridflow.classify import classify
 from gridflow.errors import (
     GridflowError,
     GridflowWarning,
@@ -38,6 +39,7 @@ __all__ = [
     "StoreError",
     "__version__",
     "bin_points",
+    "classify",
     "make_points",
     "open_grid",
     "open_points",

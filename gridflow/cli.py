@@ -253,6 +253,125 @@ def bin_(
     click.echo(f"wrote {store} in {time.perf_counter() - t0:.1f} s")
 
 
+@main.command("classify")
+@click.argument("store", type=click.Path())
+@click.option(
+    "--kernel",
+    default="inverse_distance",
+    show_default=True,
+    type=click.Choice(["inverse_distance", "box", "gaussian"]),
+    help="Window weights.",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Window radius w (10 means 21 cells wide).",
+)
+@click.option("--sigma", type=float, default=None, help="Gaussian sigma (default: window / 2).")
+@click.option("--iterations", default="3", show_default=True, help="Vote steps, or 'auto'.")
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="With --iterations auto: stop when at most this fraction of cells changes.",
+)
+@click.option(
+    "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
+)
+@click.option("--clamp", is_flag=True, help="Keep cells holding training points at their class.")
+@click.option("--probabilities", is_flag=True, help="Also store per-class vote fractions.")
+@click.option("--resume", is_flag=True, help="Continue from the last complete round.")
+@click.pass_context
+@_errors
+def classify_(
+    ctx: click.Context,
+    store: str,
+    kernel: str,
+    window: int,
+    sigma: float | None,
+    iterations: str,
+    tol: float,
+    boundary: str,
+    clamp: bool,
+    probabilities: bool,
+    resume: bool,
+) -> None:
+    """Fill STORE's grid with labels by iterating the vote filter."""
+    from gridflow.classify import classify
+
+    t0 = time.perf_counter()
+    iters: int | str = iterations if iterations == "auto" else _int_option("iterations", iterations)
+    with _cluster(ctx):
+        ds = classify(
+            store,
+            kernel=kernel,
+            window=window,
+            sigma=sigma,
+            iterations=iters,
+            tol=tol,
+            boundary=boundary,
+            clamp=clamp,
+            probabilities=probabilities,
+            resume=resume,
+        )
+    stage = ds.attrs["gridflow_stages"]["classify"]
+    last = stage["history"][-1]
+    click.echo(
+        f"classified {store}: {stage['steps']} steps, {last['labeled']:.2%} of cells "
+        f"labeled, {last['changed']:.4%} changed in the last step "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+
+
+def _int_option(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        from gridflow.errors import ParameterError
+
+        raise ParameterError(f"{name}: expected an integer or 'auto', got {value!r}") from None
+
+
+@main.command("predict")
+@click.argument("store", type=click.Path())
+@click.argument("points")
+@click.option("--out", required=True, type=click.Path(), help="Output Parquet path.")
+@click.option("--columns", default=None, help="Coordinate columns (default: the grid's dims).")
+@click.option(
+    "--probabilities/--no-probabilities",
+    default=None,
+    help="Write probability_<class> columns (default: when the store has them).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.pass_context
+@_errors
+def predict_(
+    ctx: click.Context,
+    store: str,
+    points: str,
+    out: str,
+    columns: str | None,
+    probabilities: bool | None,
+    overwrite: bool,
+) -> None:
+    """Label the rows of POINTS from STORE's classified grid into --out (Parquet)."""
+    from gridflow.predict import predict_to_parquet
+
+    t0 = time.perf_counter()
+    with _cluster(ctx):
+        report = predict_to_parquet(
+            store, points, out, columns=columns, probabilities=probabilities, overwrite=overwrite
+        )
+    click.echo(
+        f"predicted {report['predicted']:,} of {report['rows']:,} rows "
+        f"({report['no_cell']:,} outside the grid, {report['unlabeled_cell']:,} in "
+        f"unlabeled cells) into {out} in {time.perf_counter() - t0:.1f} s"
+    )
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @_errors
@@ -276,30 +395,69 @@ def info(store: str) -> None:
 @click.pass_context
 @_errors
 def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
-    """Run the main job on the reference data: generate, bin, summarise."""
+    """Run the main job on the reference data: generate, bin, classify, predict."""
     import os
 
+    import numpy as np
+    import pandas as pd
+
     from gridflow.binning import bin_points
+    from gridflow.classify import classify
+    from gridflow.predict import predict_to_parquet
     from gridflow.store import summary
     from gridflow.synth import write_points
 
     os.makedirs(out_dir, exist_ok=True)
     points = os.path.join(out_dir, "points.parquet")
+    test = os.path.join(out_dir, "test.parquet")
     store = os.path.join(out_dir, "grid.zarr")
+    predictions = os.path.join(out_dir, "predictions.parquet")
     timings = {}
     with _cluster(ctx):
         t0 = time.perf_counter()
+        write_points(points, n_points, dims=2, classes=5, scale=0.15, seed=82431, overwrite=True)
+        # Held-out points: the same classes (same shifts), other draws (another seed).
         write_points(
-            points, n_points, dims=2, classes=5, scale=0.15, seed=82431, bayes=True, overwrite=True
+            test,
+            100_000,
+            dims=2,
+            classes=5,
+            scale=0.15,
+            seed=82432,
+            bayes=True,
+            overwrite=True,
+            shifts=_shifts_of(points),
         )
         timings["synth"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ds = bin_points(points, store, bins=bins, overwrite=True)
+        bin_points(points, store, bins=bins, overwrite=True)
         timings["bin"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ds = classify(store, window=10, iterations=3, probabilities=True)
+        timings["classify"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        predict_to_parquet(store, test, predictions, overwrite=True)
+        timings["predict"] = time.perf_counter() - t0
         click.echo(summary(ds))
+    frame = pd.read_parquet(predictions)
+    truth = frame["label"].astype(str).to_numpy()
+    accuracy = float(np.mean(frame["prediction"].astype(str).to_numpy() == truth))
+    bayes = float(np.mean(frame["bayes"].astype(str).to_numpy() == truth))
     click.echo("")
+    click.echo(
+        f"accuracy on {len(frame):,} held-out points: {accuracy:.2%} (Bayes-optimal: {bayes:.2%})"
+    )
     click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
-    click.echo(f"outputs: {points} (points), {store} (grid store)")
+    click.echo(
+        f"outputs in {out_dir}/: points.parquet (training points), test.parquet "
+        "(held-out points), grid.zarr (grid store), predictions.parquet"
+    )
+
+
+def _shifts_of(points: str) -> list:
+    from gridflow.synth import read_synth_metadata
+
+    return read_synth_metadata(points)["process"]["shifts"]
 
 
 if __name__ == "__main__":  # pragma: no cover

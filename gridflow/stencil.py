@@ -39,6 +39,7 @@ __all__ = [
     "choose_method",
     "correlate",
     "fused_steps",
+    "history_entries",
     "run_numpy",
     "vote",
 ]
@@ -390,15 +391,9 @@ def run_dask(
             RoundState(state.step + steps, out[0].astype(np.int32), out[1]),
             _block_stats(out, steps),
         )
-        for s in range(steps):
+        for s, entry in enumerate(history_entries(state.step + 1, counts, ncells)):
             changed, labeled = float(counts[0][s]), float(counts[1][s])
-            history.append(
-                {
-                    "step": state.step + s + 1,
-                    "changed": changed / ncells,
-                    "labeled": labeled / ncells,
-                }
-            )
+            history.append(entry)
             newly = labeled > 0 if prev_labeled is None else labeled != prev_labeled
             prev_labeled = labeled
             last = state.step + s + 1 == limit
@@ -407,6 +402,14 @@ def run_dask(
                 out = _round(state, *args, s + 1, final_votes=True)
                 return _final(state, out, s + 1, None)
         state = new
+
+
+def history_entries(first_step: int, counts: np.ndarray, ncells: int) -> list[dict[str, float]]:
+    """One ``{"step", "changed", "labeled"}`` dict per step from per-step counts."""
+    return [
+        {"step": first_step + s, "changed": float(c) / ncells, "labeled": float(n) / ncells}
+        for s, (c, n) in enumerate(zip(counts[0], counts[1], strict=True))
+    ]
 
 
 def _final(state: RoundState, out: da.Array, steps: int, stats: Any) -> FinalRound:

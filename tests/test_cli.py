@@ -98,3 +98,37 @@ def test_console_script_entry_point(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: store:")
+
+
+def test_classify_and_predict_round_trip(tmp_path):
+    points = tmp_path / "pts.parquet"
+    store = tmp_path / "grid.zarr"
+    out = tmp_path / "pred.parquet"
+    assert run("synth", points, "--points", 5000, "--classes", 3, "--seed", 2).exit_code == 0
+    assert run("bin", points, store, "--bins", 32, "--chunks", 16).exit_code == 0
+    r = run("classify", store, "--window", 3, "--iterations", 2, "--probabilities")
+    assert r.exit_code == 0, r.output
+    assert "2 steps" in r.output
+    ds = open_grid(store)
+    assert {"label", "confidence", "density", "probability"} <= set(ds.data_vars)
+    r = run("predict", store, points, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "predicted 5,000 of 5,000 rows" in r.output
+    frame = pd.read_parquet(out)
+    spec_cells = np.floor(frame[["x0", "x1"]].to_numpy() * 32).astype(int)
+    expect = ds["label"].values[spec_cells[:, 0], spec_cells[:, 1]]
+    np.testing.assert_array_equal(frame["prediction"].astype(int).to_numpy(), expect)
+    assert {"probability_0", "probability_1", "probability_2"} <= set(frame.columns)
+
+
+def test_classify_errors_exit_2(tmp_path):
+    points = tmp_path / "pts.parquet"
+    store = tmp_path / "grid.zarr"
+    run("synth", points, "--points", 500)
+    run("bin", points, store, "--bins", 8)
+    r = CliRunner().invoke(main, ["classify", str(store), "--window", "10"])
+    assert r.exit_code == 2 and "larger than the grid" in r.output
+    r = CliRunner().invoke(main, ["classify", str(store), "--iterations", "lots"])
+    assert r.exit_code == 2 and "iterations" in r.output
+    r = CliRunner().invoke(main, ["predict", str(store), str(points), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "gridflow classify" in r.output

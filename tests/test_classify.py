@@ -1,0 +1,147 @@
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import gridflow.classify as classify_mod
+from gridflow import bin_points, open_grid
+from gridflow.classify import classify
+from gridflow.errors import ParameterError, StoreError
+from gridflow.kernels import parse_kernel
+from gridflow.stencil import run_numpy
+
+
+@pytest.fixture
+def points(rng):
+    n = 4000
+    pts = rng.random((n, 2))
+    labels = (pts[:, 0] * 3).astype(int) % 3  # three vertical bands
+    flip = rng.random(n) < 0.1  # some noise across the bands
+    labels[flip] = rng.integers(0, 3, flip.sum())
+    return pts, labels
+
+
+def _grid(points, path=None, chunks=16):
+    pts, labels = points
+    return bin_points(
+        pts, path, labels=labels, bins=(48, 40), bounds=(0, 1), periodic=True, chunks=chunks
+    )
+
+
+def _initial(ds):
+    c = ds["counts"].values
+    return np.where(c.sum(0) > 0, c.argmax(0), -1)
+
+
+@pytest.mark.parametrize("chunks", [48, 16, (7, 9), 3])
+def test_classify_equals_the_in_memory_run(points, chunks):
+    ds = _grid(points, chunks=chunks)
+    out = classify(ds, window=3, iterations=4, probabilities=True)
+    k = parse_kernel("inverse_distance", window=3, ndim=2)
+    labels, density, votes = run_numpy(_initial(ds), nclasses=3, kernel=k, iterations=4)
+    np.testing.assert_array_equal(out["label"].values, labels)
+    assert out["label"].dtype == np.int16
+    np.testing.assert_array_equal(out["density"].values, density.astype(np.float32))
+    total = votes.sum(0)
+    np.testing.assert_allclose(out["confidence"].values, votes.max(0) / total, rtol=1e-6)
+    np.testing.assert_allclose(out["probability"].values, votes / total, rtol=1e-6)
+    hist = out.attrs["gridflow_stages"]["classify"]["history"]
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["labeled"] == 1.0
+
+
+def test_clamp_keeps_training_cells(points):
+    ds = _grid(points)
+    out = classify(ds, window=4, iterations=3, clamp=True)
+    seeds = _initial(ds)
+    held = seeds >= 0
+    np.testing.assert_array_equal(out["label"].values[held], seeds[held])
+    free = classify(ds, window=4, iterations=3)
+    assert (free["label"].values[held] != seeds[held]).any()
+
+
+def test_store_results_and_rounds(points, tmp_path):
+    store = tmp_path / "g.zarr"
+    _grid(points, store)
+    out = classify(store, window=2, iterations=5, boundary="open", fuse=2)
+    again = open_grid(store)
+    xr.testing.assert_identical(out["label"].load(), again["label"].load())
+    assert "classify" in again.attrs["gridflow_stages"]
+    assert again.attrs["history"].splitlines()[-1].split()[3] == "classify"
+    mem = classify(open_grid(store), window=2, iterations=5, boundary="open")
+    np.testing.assert_array_equal(mem["label"].values, again["label"].values)
+    assert not (store / "_gridflow_checkpoint" / "classify").exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_gives_the_identical_result_and_skips_done_rounds(points, tmp_path, monkeypatch):
+    store = tmp_path / "g.zarr"
+    _grid(points, store)
+    ref = classify(open_grid(store), window=2, iterations=9, fuse=2)
+
+    saved = []
+    real_save = classify_mod._Checkpoint.save
+
+    def dying_save(self, state, stats):
+        result = real_save(self, state, stats)
+        saved.append(state.step)
+        if len(saved) == 2:
+            raise _Killed
+        return result
+
+    monkeypatch.setattr(classify_mod._Checkpoint, "save", dying_save)
+    with pytest.raises(_Killed):
+        classify(store, window=2, iterations=9, fuse=2)
+    assert saved == [2, 4]
+    assert "classify" not in open_grid(store).attrs["gridflow_stages"]
+
+    saved.clear()
+    monkeypatch.setattr(
+        classify_mod._Checkpoint,
+        "save",
+        lambda self, s, st: (saved.append(s.step), real_save(self, s, st))[1],
+    )
+    out = classify(store, window=2, iterations=9, fuse=2, resume=True)
+    assert saved == [6, 8]  # rounds 1-2 (steps 1-4) were not recomputed; 9 is the final write
+    np.testing.assert_array_equal(out["label"].values, ref["label"].values)
+    np.testing.assert_array_equal(out["density"].values, ref["density"].values)
+    hist = out.attrs["gridflow_stages"]["classify"]["history"]
+    assert hist == ref.attrs["gridflow_stages"]["classify"]["history"]
+
+
+def test_resume_errors(points, tmp_path):
+    store = tmp_path / "g.zarr"
+    _grid(points, store)
+    with pytest.raises(StoreError, match="no complete classify round"):
+        classify(store, window=2, iterations=3, resume=True)
+    with pytest.raises(ParameterError, match="needs a store path"):
+        classify(open_grid(store), window=2, iterations=3, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window": 0}, "window"),
+        ({"window": -1}, "window"),
+        ({"window": 30}, "larger than the grid"),
+        ({"kernel": "nope"}, "kernel"),
+        ({"kernel": np.ones((4, 4)), "window": None}, "odd sides"),
+        ({"kernel": np.ones((3, 3, 3)), "window": None}, "2-D array"),
+        ({"iterations": 0}, "iterations"),
+        ({"iterations": "often"}, "iterations"),
+        ({"boundary": "reflect"}, "boundary"),
+        ({"tol": 2}, "tol"),
+    ],
+)
+def test_bad_parameters(points, kwargs, match):
+    ds = _grid(points)
+    with pytest.raises(ParameterError, match=match):
+        classify(ds, **({"window": 2} | kwargs))
+
+
+def test_initial_labels_ties_go_to_the_lowest_class():
+    counts = da.from_array(np.array([[[2, 0]], [[2, 0]], [[1, 0]]]), chunks=(3, 1, 1))
+    assert classify_mod.initial_labels(counts).compute().tolist() == [[0, -1]]
