@@ -18,6 +18,7 @@ xarray or Zarr.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,28 +58,35 @@ _EPS = np.finfo(np.float64).eps
 # --- correlation methods ------------------------------------------------------
 
 
-def _direct(planes: np.ndarray, kernel: Kernel) -> np.ndarray:
+# Each method correlates every plane with the kernel. ``wrap=False``: zero
+# outside the block (callers read only cells whose window lies inside it);
+# ``wrap=True``: the block is a whole periodic grid and wraps around.
+
+
+def _direct(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
     out = np.empty_like(planes)
+    mode = "wrap" if wrap else "constant"
     for k in range(planes.shape[0]):
-        ndi.correlate(planes[k], kernel.weights, output=out[k], mode="constant", cval=0.0)
+        ndi.correlate(planes[k], kernel.weights, output=out[k], mode=mode, cval=0.0)
     return out
 
 
-def _separable(planes: np.ndarray, kernel: Kernel) -> np.ndarray:
+def _separable(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
     out = planes
+    mode = "wrap" if wrap else "constant"
     for axis, f in enumerate(kernel.factors):
-        out = ndi.correlate1d(out, f, axis=axis + 1, mode="constant", cval=0.0)
+        out = ndi.correlate1d(out, f, axis=axis + 1, mode=mode, cval=0.0)
     return out
 
 
-def _box(planes: np.ndarray, kernel: Kernel) -> np.ndarray:
+def _box(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
     # Running sums of 0/1 (or integer) values are exact in float64.
     out = planes
     for axis, w in enumerate(kernel.radius):
         ax = axis + 1
         pad = [(0, 0)] * out.ndim
         pad[ax] = (w + 1, w)
-        c = np.cumsum(np.pad(out, pad), axis=ax)
+        c = np.cumsum(np.pad(out, pad, mode="wrap" if wrap else "constant"), axis=ax)
         n = out.shape[ax]
         hi = np.take(c, np.arange(2 * w + 1, 2 * w + 1 + n), axis=ax)
         lo = np.take(c, np.arange(0, n), axis=ax)
@@ -86,21 +94,36 @@ def _box(planes: np.ndarray, kernel: Kernel) -> np.ndarray:
     return out
 
 
-def _fft(planes: np.ndarray, kernel: Kernel) -> np.ndarray:
+def _fft(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
     shape = planes.shape[1:]
+    # A whole periodic grid is exactly the circular correlation. Otherwise
+    # zero-padding to a fast size changes nothing: the correlation is only
+    # read at cells whose window lies inside the block.
+    fast = shape if wrap else tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
     axes = tuple(range(1, planes.ndim))
+    a = scipy.fft.rfftn(planes, s=fast, axes=axes, workers=-1)
+    a *= _kernel_spectrum(kernel, fast)
+    out = scipy.fft.irfftn(a, s=fast, axes=axes, workers=-1, overwrite_x=True)
+    out = out[(slice(None), *(slice(0, n) for n in shape))]
+    # Exact votes are multiples of the quantum (a power of two, so scaling by
+    # it is exact); the FFT error is far below half a quantum.
+    out = out * (1.0 / kernel.quantum)
+    np.rint(out, out=out)
+    out *= kernel.quantum
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel_spectrum(kernel: Kernel, shape: tuple[int, ...]) -> np.ndarray:
+    """Conjugate spectrum of the kernel embedded for circular correlation."""
     emb = np.zeros(shape)
-    # Weight of offset u goes to index u mod shape: circular correlation.
+    # Weight of offset u goes to index u mod shape.
     idx = np.ix_(*[np.arange(-r, r + 1) % n for r, n in zip(kernel.radius, shape, strict=True)])
     emb[idx] = kernel.weights
-    kf = np.conj(scipy.fft.rfftn(emb, workers=-1))
-    a = scipy.fft.rfftn(planes, axes=axes, workers=-1)
-    out = scipy.fft.irfftn(a * kf, s=shape, axes=axes, workers=-1)
-    # Exact votes are multiples of the quantum; the FFT error is far below it.
-    return np.round(out / kernel.quantum) * kernel.quantum
+    return np.conj(scipy.fft.rfftn(emb, workers=-1))
 
 
-_METHODS: dict[str, Callable[[np.ndarray, Kernel], np.ndarray]] = {
+_METHODS: dict[str, Callable[[np.ndarray, Kernel, bool], np.ndarray]] = {
     "direct": _direct,
     "separable": _separable,
     "box": _box,
@@ -133,7 +156,9 @@ def choose_method(kernel: Kernel, shape: tuple[int, ...], scale: float = 1.0) ->
     return min(costs, key=costs.get)
 
 
-def correlate(planes: np.ndarray, kernel: Kernel, method: str = "auto") -> np.ndarray:
+def correlate(
+    planes: np.ndarray, kernel: Kernel, method: str = "auto", wrap: bool = False
+) -> np.ndarray:
     """Correlate each plane ``planes[k]`` with the kernel (zero outside the block).
 
     Values within the window radius of the block's edge see only the block
@@ -141,7 +166,7 @@ def correlate(planes: np.ndarray, kernel: Kernel, method: str = "auto") -> np.nd
     """
     if method == "auto":
         method = choose_method(kernel, planes.shape[1:], float(planes.max(initial=1.0)))
-    return _METHODS[method](planes.astype(np.float64, copy=False), kernel)
+    return _METHODS[method](planes.astype(np.float64, copy=False), kernel, wrap)
 
 
 # --- one step, and fused steps ------------------------------------------------------
@@ -153,17 +178,26 @@ def vote(
     kernel: Kernel,
     method: str = "auto",
     planes: np.ndarray | None = None,
+    wrap: bool = False,
 ) -> np.ndarray:
     """Votes ``V`` (nclasses, *labels.shape) of one step; ``planes`` replaces the one-hot."""
     if planes is None:
         planes = labels[None] == np.arange(nclasses).reshape((-1,) + (1,) * labels.ndim)
-    return correlate(planes, kernel, method)
+    return correlate(planes, kernel, method, wrap)
 
 
 def decide(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """New labels and total vote: argmax (lowest class on ties) where the total is > 0."""
     total = votes.sum(axis=0)
-    labels = np.where(total > 0, votes.argmax(axis=0), UNLABELED).astype(np.int32)
+    # argmax over the class axis, one plane at a time (np.argmax(axis=0)
+    # walks memory with a large stride); strict > keeps the lowest on ties.
+    best = votes[0].copy()
+    labels = np.zeros(total.shape, np.int32)
+    for k in range(1, votes.shape[0]):
+        better = votes[k] > best
+        np.copyto(best, votes[k], where=better)
+        labels[better] = k
+    labels[~(total > 0)] = UNLABELED
     return labels, total
 
 
@@ -180,6 +214,7 @@ def fused_steps(
     seed: np.ndarray | None = None,
     depth: tuple[int, ...] | None = None,
     final_votes: bool = False,
+    wrap: bool = False,
 ) -> np.ndarray:
     """Run ``steps`` vote steps on one haloed block and return its interior.
 
@@ -189,7 +224,8 @@ def fused_steps(
     step ``t`` (global, from 1) adds ``total / 10**(t - 1)``, always in the
     same order, so fusion never changes a bit. ``clamp`` (same shape as
     ``labels``) holds labels to keep where >= 0; ``seed`` replaces the
-    one-hot planes of the first step (``seed="counts"``).
+    one-hot planes of the first step (``seed="counts"``). ``wrap=True``:
+    the block is a whole periodic grid, needing no halo (``depth`` zeros).
 
     Returns a stacked float64 array: ``[labels, density, changed, labeled]``
     (the last two hold per-step counts in their first ``steps`` cells) plus,
@@ -208,7 +244,7 @@ def fused_steps(
     labeled = np.zeros(cur[interior].size)
     for s in range(steps):
         planes = seed if (seed is not None and s == 0) else None
-        votes = vote(cur, nclasses, kernel, method, planes)
+        votes = vote(cur, nclasses, kernel, method, planes, wrap)
         new, total = decide(votes)
         if clamp is not None:
             new = np.where(clamp >= 0, clamp, new)
@@ -380,7 +416,11 @@ def run_dask(
     prev_labeled = history[-1]["labeled"] * ncells if history else None
     args = (fixed, nclasses, kernel, method, boundary)
     while True:
-        steps = fusion_factor(kernel, chunks, limit - state.step)
+        steps = (
+            limit - state.step
+            if _whole_periodic(chunks, boundary)
+            else fusion_factor(kernel, chunks, limit - state.step)
+        )
         if fuse is not None:
             steps = min(steps, fuse)
         if iterations is not None and state.step + steps == limit:
@@ -429,8 +469,9 @@ def _round(
     final_votes: bool = False,
 ) -> da.Array:
     """One lazy round of ``steps`` fused steps from ``state``."""
-    depth = tuple(steps * r for r in kernel.radius)
     cur = state.labels
+    wrap = _whole_periodic(cur.chunks, boundary)
+    depth = tuple(0 if wrap else steps * r for r in kernel.radius)
     bnd = "periodic" if boundary == "periodic" else OUTSIDE
     arrays = [cur] + ([fixed] if fixed is not None else [])
     depths = [dict(enumerate(depth))] * len(arrays)
@@ -460,7 +501,13 @@ def _round(
         method=method,
         depth_=depth,
         final_votes=final_votes,
+        wrap=wrap,
     )
+
+
+def _whole_periodic(chunks: tuple[tuple[int, ...], ...], boundary: str) -> bool:
+    """One chunk spanning a periodic grid: steps wrap inside it, with no halo."""
+    return boundary == "periodic" and all(len(c) == 1 for c in chunks)
 
 
 def _block_stats(out: da.Array, steps: int) -> Any:
