@@ -141,13 +141,8 @@ class _Classes:
             with np.errstate(invalid="ignore"):
                 codes = np.where(labels == np.floor(labels), labels, -1.0)
             return np.nan_to_num(codes, nan=-1.0).astype(np.int64)
-        if self.kind in ("int", "float"):
-            names = np.asarray(self.names)
-            idx = np.searchsorted(names, labels)
-            idx = np.minimum(idx, k - 1)
-            return np.where(names[idx] == labels, idx, -1)
-        cat = pd.Categorical(pd.Series(labels, dtype=object), categories=list(self.names))
-        return np.asarray(cat.codes)
+        # By value, in the order the names are given; -1 for anything else.
+        return pd.Index(list(self.names)).get_indexer(pd.Index(labels))
 
 
 def _block_uniques(labels: np.ndarray, kind: str) -> np.ndarray:

@@ -119,6 +119,18 @@ def test_missing_and_unknown_labels_are_dropped_and_counted(points):
     assert int(ds["counts"].sum()) == int((labels < 2).sum())
 
 
+def test_classes_given_in_any_order(points, expected):
+    pts, labels = points
+    names = np.array([9, 5, 7])[labels]
+    ds = bin_points(_frame(pts, names), bins=SPEC.bins, bounds=(0, 1), classes=[9, 5, 7])
+    assert ds["class"].values.tolist() == [9, 5, 7]
+    np.testing.assert_array_equal(ds["counts"].values, expected)
+    strings = np.array(["b", "c", "a"])[labels]
+    ds = bin_points(_frame(pts, strings), bins=SPEC.bins, bounds=(0, 1), classes=["b", "c"])
+    assert ds.attrs["gridflow_stages"]["bin"]["report"]["bad_label"] == int((labels == 2).sum())
+    np.testing.assert_array_equal(ds["counts"].values, expected[:2])
+
+
 def test_non_integer_float_labels_are_refused(points):
     pts, labels = points
     with pytest.raises(InputDataError, match="integers or strings"):
