@@ -372,6 +372,68 @@ def predict_(
     )
 
 
+@main.command("evaluate")
+@click.argument("store", type=click.Path())
+@click.argument("test_points")
+@click.option("--label", default="label", show_default=True, help="Label column.")
+@click.option("--columns", default=None, help="Coordinate columns (default: the grid's dims).")
+@click.option(
+    "--baseline",
+    type=click.Choice(["knn"]),
+    default=None,
+    help="Also score a k-nearest-neighbours classifier (needs scikit-learn and --train).",
+)
+@click.option(
+    "--train", default=None, help="The training points the grid was built from (for --baseline)."
+)
+@click.option("--neighbors", type=int, default=15, show_default=True, help="k of the knn baseline.")
+@click.option(
+    "--max-train",
+    type=int,
+    default=1_000_000,
+    show_default=True,
+    help="Fit the baseline on a random subsample of at most this many training rows.",
+)
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write JSON here.")
+@click.pass_context
+@_errors
+def evaluate_(
+    ctx: click.Context,
+    store: str,
+    test_points: str,
+    label: str,
+    columns: str | None,
+    baseline: str | None,
+    train: str | None,
+    neighbors: int,
+    max_train: int,
+    json_out: str | None,
+) -> None:
+    """Score STORE's classified grid on the labeled TEST_POINTS: accuracy, per-class
+    precision / recall / F1, confusion matrix, Bayes rate, and an optional baseline."""
+    import json
+
+    from gridflow.evaluate import evaluate
+
+    with _cluster(ctx):
+        ev = evaluate(
+            store,
+            test_points,
+            label=label,
+            columns=columns,
+            baseline=baseline,
+            train=train,
+            neighbors=neighbors,
+            max_train=max_train,
+        )
+    click.echo(ev.format())
+    if json_out is not None:
+        with open(json_out, "w") as f:
+            json.dump(ev.to_dict(), f, indent=2, allow_nan=False)
+            f.write("\n")
+        click.echo(f"wrote {json_out}")
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @_errors
