@@ -33,7 +33,7 @@ import pandas as pd
 
 from gridflow.errors import InputDataError
 
-__all__ = ["Block", "PointSource", "open_points"]
+__all__ = ["Block", "PointSource", "open_points", "read_path"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,21 @@ def _open_path(
     labels: Any,
     require_label: bool,
 ) -> PointSource:
+    data, hints = read_path(path)
+    if isinstance(data, np.ndarray):
+        return _from_array(data, columns, labels, label, require_label)
+    if isinstance(data, Mapping):
+        return _from_mapping(data, columns, label, labels, require_label, path)
+    return _from_frame(data, columns, label, require_label, path, hints)
+
+
+def read_path(path: str) -> tuple[Any, dict[str, Any]]:
+    """Every column of a point file, and the hints recorded in it.
+
+    Returns a dask DataFrame (Parquet, CSV), a mapping of column name to 1-D
+    array (Zarr group, ``.npz``, structured ``.npy``) or an ``(n, d)`` array
+    (plain ``.npy``), with the synthetic generator's metadata (or ``{}``).
+    """
     import dask.dataframe as dd
 
     files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
@@ -149,41 +164,34 @@ def _open_path(
         raise InputDataError(f"points: {path} does not exist; give an existing file or directory")
     first = files[0].rstrip("/")
     lower = first.lower()
-    if (
-        lower.endswith(".zarr")
-        or os.path.exists(os.path.join(first, "zarr.json"))
-        or (os.path.exists(os.path.join(first, ".zgroup")))
+    if lower.endswith(".zarr") or any(
+        os.path.exists(os.path.join(first, m)) for m in ("zarr.json", ".zgroup")
     ):
-        return _from_zarr(first, columns, label, labels, require_label)
+        return _zarr_columns(first), {}
     if lower.endswith(".npz"):
         with np.load(first) as z:
-            arrays = {k: z[k] for k in z.files}
-        return _from_mapping(arrays, columns, label, labels, require_label, first)
+            return {k: z[k] for k in z.files}, {}
     if lower.endswith(".npy"):
         arr = np.load(first, mmap_mode="r")
         if arr.dtype.names is None:
-            return _from_array(arr, columns, labels, label, require_label)
-        return _from_mapping(
-            {n: arr[n] for n in arr.dtype.names}, columns, label, labels, require_label, first
-        )
+            return arr, {}
+        return {n: arr[n] for n in arr.dtype.names}, {}
     if _empty_file(files):
-        raise InputDataError(f"points: {path} is empty; it holds no rows to bin")
+        raise InputDataError(f"points: {path} is empty; it holds no rows")
     if lower.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
         sep = "\t" if lower.endswith(".tsv") else ","
         try:
-            frame = dd.read_csv(files, sep=sep, blocksize="64MB", assume_missing=False)
+            return dd.read_csv(files, sep=sep, blocksize="64MB", assume_missing=False), {}
         except pd.errors.EmptyDataError:
-            raise InputDataError(f"points: {path} is empty; it holds no rows to bin") from None
-        return _from_frame(frame, columns, label, require_label, path, {})
+            raise InputDataError(f"points: {path} is empty; it holds no rows") from None
     if lower.endswith((".parquet", ".pq")) or os.path.isdir(first):
         from gridflow.synth import read_synth_metadata
 
         hints = read_synth_metadata(first) or {}
         try:
-            frame = dd.read_parquet(files if len(files) > 1 else first)
+            return dd.read_parquet(files if len(files) > 1 else first), hints
         except Exception as exc:  # pyarrow raises many types for unreadable files
             raise InputDataError(f"points: cannot read {path} as Parquet ({exc})") from None
-        return _from_frame(frame, columns, label, require_label, path, hints)
     raise InputDataError(
         f"points: cannot tell the format of {path}; use .parquet, .csv, .zarr, .npy or .npz"
     )
@@ -206,7 +214,7 @@ def _empty_file(files: list[str]) -> bool:
     return all(empty(f) for f in files)
 
 
-def _from_zarr(path, columns, label, labels, require_label) -> PointSource:
+def _zarr_columns(path: str) -> dict[str, Any]:
     import xarray as xr
 
     try:
@@ -216,11 +224,7 @@ def _from_zarr(path, columns, label, labels, require_label) -> PointSource:
             f"points: cannot read {path} as a Zarr group of columns ({exc})"
         ) from None
     # A Zarr group does not order its arrays: default columns go by name.
-    arrays = {}
-    for name in sorted(map(str, ds.variables)):
-        if ds[name].ndim == 1:
-            arrays[name] = ds[name].data
-    return _from_mapping(arrays, columns, label, labels, require_label, path)
+    return {name: ds[name].data for name in sorted(map(str, ds.variables)) if ds[name].ndim == 1}
 
 
 # --- dataframes -----------------------------------------------------------

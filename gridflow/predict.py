@@ -25,7 +25,6 @@ own graph, shared by every task that needs it.
 
 from __future__ import annotations
 
-import glob
 import itertools
 import logging
 import math
@@ -44,7 +43,7 @@ from dask.delayed import Delayed
 from gridflow._staging import staged_directory
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
-from gridflow.points import BLOCK_ROWS, Block, open_points
+from gridflow.points import BLOCK_ROWS, Block, open_points, read_path
 from gridflow.store import STAGE_VARIABLES, grid_spec, open_grid
 
 __all__ = ["PredictResult", "predict", "predict_to_parquet"]
@@ -717,30 +716,10 @@ def _columns_frame(arrays: Mapping[str, Any]) -> Any:
 
 
 def _path_frame(path: str, names: tuple[str, ...]) -> Any:
-    """The same formats as :func:`gridflow.points.open_points`, all columns."""
-    import dask.dataframe as dd
-
-    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
-    first = files[0].rstrip("/")
-    lower = first.lower()
-    if lower.endswith(".zarr") or any(
-        os.path.exists(os.path.join(first, m)) for m in ("zarr.json", ".zgroup")
-    ):
-        import xarray as xr
-
-        zds = xr.open_zarr(first, consolidated=False)
-        return _columns_frame(
-            {n: zds[n].data for n in sorted(map(str, zds.variables)) if zds[n].ndim == 1}
-        )
-    if lower.endswith(".npz"):
-        with np.load(first) as z:
-            return _columns_frame({k: z[k] for k in z.files})
-    if lower.endswith(".npy"):
-        arr = np.load(first, mmap_mode="r")
-        if arr.dtype.names is None:
-            return _columns_frame(_array_columns(arr, names))
-        return _columns_frame({n: arr[n] for n in arr.dtype.names})
-    if lower.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
-        sep = "\t" if lower.endswith(".tsv") else ","
-        return dd.read_csv(files, sep=sep, blocksize="64MB", assume_missing=False)
-    return dd.read_parquet(files if len(files) > 1 else first)
+    """Every column of a point file, as a dask DataFrame."""
+    data, _ = read_path(path)
+    if isinstance(data, np.ndarray):
+        return _columns_frame(_array_columns(data, names))
+    if isinstance(data, Mapping):
+        return _columns_frame(data)
+    return data
