@@ -42,7 +42,7 @@ import pandas as pd
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import Block, PointSource, open_points
-from gridflow.predict import predict
+from gridflow.predict import parse_columns, predict
 from gridflow.store import grid_spec, open_grid
 
 __all__ = ["Baseline", "Evaluation", "Scores", "evaluate"]
@@ -527,20 +527,6 @@ def _check_classified(ds: Any) -> None:
         )
 
 
-def _parse_columns(columns: Sequence[str] | str | None, spec: GridSpec) -> tuple[str, ...]:
-    if columns is None:
-        return spec.dims
-    if isinstance(columns, str):
-        columns = [c.strip() for c in columns.split(",") if c.strip()]
-    names = tuple(str(c) for c in columns)
-    if len(names) != spec.ndim:
-        raise ParameterError(
-            f"columns: expected {spec.ndim} names, one per grid dim ({', '.join(spec.dims)}), "
-            f"got {len(names)}: {', '.join(names)}"
-        )
-    return names
-
-
 def _parse_baseline(baseline: str | None, train: Any, neighbors: int, max_train: int) -> None:
     if baseline is None:
         return
@@ -805,7 +791,7 @@ def evaluate(
     _check_classified(ds)
     spec = grid_spec(ds)
     names = _class_names(ds)
-    cols = _parse_columns(columns, spec)
+    cols = parse_columns(columns, spec)
 
     src = open_points(points, columns=cols, label=label, require_label=True)
     lmap = _LabelMap(names, src.label_kind or "str", src.categories)

@@ -234,7 +234,8 @@ def _class_array(ds: Any, variable: str, spec: GridSpec) -> da.Array:
 # --- the points side ----------------------------------------------------------------
 
 
-def _parse_columns(columns: Sequence[str] | str | None, spec: GridSpec) -> tuple[str, ...]:
+def parse_columns(columns: Sequence[str] | str | None, spec: GridSpec) -> tuple[str, ...]:
+    """Coordinate columns for a grid: one per dim, default the grid's dims."""
     if columns is None:
         return spec.dims
     if isinstance(columns, str):
@@ -503,7 +504,7 @@ def predict(
     """
     ds = _open(grid)
     g = _Grid(ds, variable, probabilities)
-    cols = _parse_columns(columns, g.spec)
+    cols = parse_columns(columns, g.spec)
     src = _open_points(points, g.spec, cols, columns is not None)
     touched = _first_pass(src.blocks, g.locator, src.columns)
     results = dask.compute(*_plan(g, src.blocks, touched, src.columns))
@@ -578,7 +579,7 @@ def predict_to_parquet(
     if probabilities is None:
         probabilities = "probability" in ds.data_vars
     g = _Grid(ds, variable, probabilities)
-    cols = _parse_columns(columns, g.spec)
+    cols = parse_columns(columns, g.spec)
     _open_points(points, g.spec, cols, columns is not None)  # validates the source
     frame = _source_frame(points, cols)
     new_columns = _output_columns(g)
