@@ -75,6 +75,7 @@ def classify(
     window: int | None = 10,
     iterations: int | Literal["auto"] = 3,
     boundary: Literal["periodic", "open"] = "periodic",
+    seed: Literal["labels", "counts"] = "labels",
     clamp: bool = False,
     probabilities: bool = False,
     sigma: float | None = None,
@@ -100,6 +101,10 @@ def classify(
         changes at most ``tol`` of the cells (at most ``max_iter`` steps).
     boundary : {"periodic", "open"}
         Periodic grids wrap; open grids have nothing beyond their edges.
+    seed : {"labels", "counts"}
+        What the first step votes with: each seeded cell's majority label
+        (the reference method), or the counts themselves (every training
+        point votes).
     clamp : bool
         Keep the cells holding training points at their majority class.
     probabilities : bool
@@ -131,6 +136,8 @@ def classify(
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n = parse_iterations(iterations)
     boundary = parse_boundary(boundary)
+    if seed not in ("labels", "counts"):
+        raise ParameterError(f"seed: expected 'labels' or 'counts', got {seed!r}")
     if not (0 <= tol < 1):
         raise ParameterError(f"tol: expected a fraction in [0, 1), got {tol}")
     if method not in ("auto", "direct", "separable", "box", "fft"):
@@ -143,6 +150,7 @@ def classify(
         "sigma": sigma,
         "iterations": iterations,
         "boundary": boundary,
+        "seed": seed,
         "clamp": bool(clamp),
         "tol": tol,
         "max_iter": max_iter,
@@ -178,6 +186,7 @@ def classify(
         start=start,
         materialise=materialise,
         history=history,
+        seed_counts=counts.astype(np.float64) if seed == "counts" else None,
     )
     outputs = _outputs(final, nclasses, probabilities, grid)
     stage = {**params, "steps": final.step, "probabilities": bool(probabilities)}

@@ -281,6 +281,14 @@ def bin_(
 @click.option(
     "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
 )
+@click.option(
+    "--seed",
+    "seed_",
+    type=click.Choice(["labels", "counts"]),
+    default="labels",
+    show_default=True,
+    help="First step votes with cell labels or with point counts.",
+)
 @click.option("--clamp", is_flag=True, help="Keep cells holding training points at their class.")
 @click.option("--probabilities", is_flag=True, help="Also store per-class vote fractions.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete round.")
@@ -295,6 +303,7 @@ def classify_(
     iterations: str,
     tol: float,
     boundary: str,
+    seed_: str,
     clamp: bool,
     probabilities: bool,
     resume: bool,
@@ -313,6 +322,7 @@ def classify_(
             iterations=iters,
             tol=tol,
             boundary=boundary,
+            seed=seed_,
             clamp=clamp,
             probabilities=probabilities,
             resume=resume,

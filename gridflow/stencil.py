@@ -380,6 +380,7 @@ def run_dask(
     start: RoundState | None = None,
     materialise: Callable[[RoundState, Any], tuple[RoundState, np.ndarray]] | None = None,
     history: list[dict[str, float]] | None = None,
+    seed_counts: da.Array | None = None,
 ) -> FinalRound:
     """Distributed driver: rounds of fused steps with ``map_overlap`` halos.
 
@@ -391,6 +392,8 @@ def run_dask(
     returns the state to continue from and the per-step ``(changed,
     labeled)`` counts; ``start`` resumes from such a state. ``history``
     receives one dict per computed step (fractions changed and labeled).
+    ``seed_counts`` (nclasses, *dims) replaces the one-hot labels in the
+    first step (DESIGN's ``seed="counts"``).
     The last round is returned lazily, with the votes of its last step.
     """
     _check_window(kernel, labels.shape, boundary)
@@ -414,7 +417,9 @@ def run_dask(
         raise ParameterError(f"resume: the checkpoint is already at step {state.step} of {limit}")
     ncells = math.prod(labels.shape)
     prev_labeled = history[-1]["labeled"] * ncells if history else None
-    args = (fixed, nclasses, kernel, method, boundary)
+    if seed_counts is not None:
+        seed_counts = seed_counts.rechunk(((seed_counts.shape[0],), *chunks))
+    args = (fixed, nclasses, kernel, method, boundary, seed_counts)
     while True:
         steps = (
             limit - state.step
@@ -465,6 +470,7 @@ def _round(
     kernel: Kernel,
     method: str,
     boundary: str,
+    seed_counts: da.Array | None,
     steps: int,
     final_votes: bool = False,
 ) -> da.Array:
@@ -476,6 +482,11 @@ def _round(
     arrays = [cur] + ([fixed] if fixed is not None else [])
     depths = [dict(enumerate(depth))] * len(arrays)
     bounds = [bnd] * len(arrays)
+    seeded = seed_counts is not None and state.step == 0
+    if seeded:
+        arrays.append(seed_counts)
+        depths.append({0: 0, **{i + 1: d for i, d in enumerate(depth)}})
+        bounds.append("periodic" if boundary == "periodic" else 0)
     if state.density is not None:
         arrays.append(state.density)
         depths.append(dict.fromkeys(range(cur.ndim), 0))
@@ -489,10 +500,13 @@ def _round(
         trim=False,
         align_arrays=False,
         dtype=np.float64,
-        new_axis=0,
+        # The stacked output's first axis is new, unless the (class, *dims)
+        # counts already lend it theirs.
+        **({} if seeded else {"new_axis": 0}),
         chunks=((nplanes,), *cur.chunks),
         meta=np.empty((0,) * (cur.ndim + 1), np.float64),
         has_clamp=fixed is not None,
+        has_seed=seeded,
         has_density=state.density is not None,
         nclasses=nclasses,
         kernel=kernel,
@@ -522,9 +536,15 @@ def _first_cells(block: np.ndarray, steps: int) -> np.ndarray:
 
 
 def _round_block(
-    *blocks: np.ndarray, has_clamp: bool, has_density: bool, depth_: tuple, **kwargs: Any
+    *blocks: np.ndarray,
+    has_clamp: bool,
+    has_seed: bool,
+    has_density: bool,
+    depth_: tuple,
+    **kwargs: Any,
 ) -> np.ndarray:
-    labels = blocks[0]
-    clamp = blocks[1] if has_clamp else None
-    density = blocks[1 + has_clamp] if has_density else None
-    return fused_steps(labels, density, clamp=clamp, depth=depth_, **kwargs)
+    labels, rest = blocks[0], list(blocks[1:])
+    clamp = rest.pop(0) if has_clamp else None
+    seed = rest.pop(0) if has_seed else None
+    density = rest.pop(0) if has_density else None
+    return fused_steps(labels, density, clamp=clamp, seed=seed, depth=depth_, **kwargs)

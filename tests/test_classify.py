@@ -54,6 +54,19 @@ def test_classify_equals_the_in_memory_run(points, chunks):
     assert hist[-1]["labeled"] == 1.0
 
 
+@pytest.mark.parametrize("chunks", [48, (7, 9)])
+def test_seed_counts(points, chunks):
+    ds = _grid(points, chunks=chunks)
+    out = classify(ds, window=3, iterations=2, seed="counts")
+    k = parse_kernel("inverse_distance", window=3, ndim=2)
+    counts = ds["counts"].values.astype(float)
+    labels, density, _ = run_numpy(
+        _initial(ds), nclasses=3, kernel=k, iterations=2, seed_counts=counts
+    )
+    np.testing.assert_array_equal(out["label"].values, labels)
+    np.testing.assert_array_equal(out["density"].values, density.astype(np.float32))
+
+
 def test_clamp_keeps_training_cells(points):
     ds = _grid(points)
     out = classify(ds, window=4, iterations=3, clamp=True)
@@ -137,6 +150,7 @@ def test_resume_errors(points, tmp_path):
         ({"iterations": 0}, "iterations"),
         ({"iterations": "often"}, "iterations"),
         ({"boundary": "reflect"}, "boundary"),
+        ({"seed": "points"}, "seed"),
         ({"tol": 2}, "tol"),
     ],
 )

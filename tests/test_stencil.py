@@ -167,3 +167,40 @@ def test_auto_iterations_stop_where_stepping_one_by_one_stops(fuse, rng):
         assert np.array_equal(a, b)
     assert [h["step"] for h in history] == list(range(1, n + 1))
     assert history[-1]["changed"] == 0 and history[-1]["labeled"] == 1.0
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.parametrize("chunks", [(30, 40), (7, 11)])
+def test_seed_counts_first_step(boundary, chunks, rng):
+    counts = rng.poisson(0.3, (3, 30, 40)).astype(np.uint32)
+    labels = np.where(counts.sum(0) > 0, counts.argmax(0), -1).astype(np.int32)
+    k = parse_kernel("inverse_distance", window=2, ndim=2)
+    ref = run_numpy(
+        labels,
+        nclasses=3,
+        kernel=k,
+        iterations=3,
+        boundary=boundary,
+        seed_counts=counts.astype(float),
+    )
+    plain = run_numpy(labels, nclasses=3, kernel=k, iterations=1, boundary=boundary)
+    # Step 1 from the counts: its votes weigh each point, not each labeled cell.
+    one = run_numpy(
+        labels,
+        nclasses=3,
+        kernel=k,
+        iterations=1,
+        boundary=boundary,
+        seed_counts=counts.astype(float),
+    )
+    assert one[1].sum() > plain[1].sum()
+    got = run_dask(
+        da.from_array(labels, chunks=chunks),
+        nclasses=3,
+        kernel=k,
+        iterations=3,
+        boundary=boundary,
+        seed_counts=da.from_array(counts.astype(float), chunks=(3, *chunks)),
+    )
+    for a, b in zip(ref, dask.compute(got.labels, got.density, got.votes), strict=True):
+        assert np.array_equal(a, b)
