@@ -27,8 +27,19 @@ from gridflow.predict import PredictResult, predict, predict_to_parquet
 from gridflow.store import open_grid
 from gridflow.synth import PointProcess, make_points, write_points
 
+
+def __getattr__(name: str):
+    # The estimator needs scikit-learn, an optional dependency: import on use.
+    if name == "GridClassifier":
+        from gridflow.estimators import GridClassifier
+
+        return GridClassifier
+    raise AttributeError(f"module 'gridflow' has no attribute {name!r}")
+
+
 __all__ = [
     "BinReport",
+    "GridClassifier",
     "GridSpec",
     "GridflowError",
     "GridflowWarning",
