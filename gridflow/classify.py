@@ -29,7 +29,7 @@ from gridflow.errors import ParameterError, StoreError
 from gridflow.kernels import Kernel, parse_kernel
 from gridflow.stencil import FinalRound, RoundState, history_entries, run_dask
 
-__all__ = ["classify"]
+__all__ = ["classify", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ def classify(
         grid = store_mod.open_grid(path)
     spec = store_mod.grid_spec(grid)
     counts = grid["counts"].data
+    if not isinstance(counts, da.Array):  # an in-memory grid: one chunk
+        counts = da.from_array(counts, chunks=counts.shape)
     nclasses = counts.shape[0]
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n = parse_iterations(iterations)
@@ -353,3 +355,74 @@ class _Checkpoint:
             da.from_zarr(os.path.join(base, "density")),
         )
         return loaded, counts
+
+
+def tune(
+    grid: Any,
+    *,
+    windows: tuple[int, ...] = (1, 2, 3, 5, 8, 13),
+    iterations: tuple[int, ...] = (1, 2, 3, 5, 8),
+    holdout: float = 0.2,
+    random_state: int = 0,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Pick ``window`` and ``iterations`` by accuracy on held-out training points.
+
+    The store holds counts, not points, so each cell's points are split at
+    random (binomially, with a counter-based draw per class and cell, so the
+    split does not depend on the chunking): ``holdout`` of them are held
+    out, the rest classified with each candidate, and a candidate scores the
+    fraction of held-out points whose cell it labels with their class. Ties
+    go to the smaller window, then fewer iterations; ``random_state`` seeds
+    the split. Windows that do not fit
+    the grid are skipped. Other keyword arguments go to :func:`classify`.
+
+    Returns ``(best, results)``: the best ``{"window", "iterations"}`` and
+    one ``{"window", "iterations", "accuracy"}`` per candidate.
+    """
+    from gridflow import store as store_mod
+
+    if isinstance(grid, (str, os.PathLike)):
+        grid = store_mod.open_grid(grid)
+    if not 0 < holdout < 1:
+        raise ParameterError(f"holdout: expected a fraction in (0, 1), got {holdout}")
+    counts = da.asarray(grid["counts"].data)
+    held = counts.map_blocks(_thin, holdout, random_state, counts.shape, dtype=counts.dtype)
+    train = grid.assign(counts=(grid["counts"].dims, counts - held))
+    (held,) = dask.persist(held)
+    total = float(held.sum().compute())
+    if total == 0:
+        raise ParameterError("holdout: no point was held out; use more points or a larger holdout")
+    spec = store_mod.grid_spec(grid)
+    results = []
+    for w in windows:
+        if 2 * w + 1 > min(spec.bins):
+            continue
+        for n in iterations:
+            out = classify(train, window=w, iterations=n, **kwargs)
+            labels = out["label"].data
+            hits = da.stack([(labels == k) * held[k] for k in range(counts.shape[0])]).sum()
+            results.append(
+                {"window": w, "iterations": n, "accuracy": float(hits.compute()) / total}
+            )
+    if not results:
+        raise ParameterError("windows: no candidate window fits the grid; give smaller windows")
+    best = max(results, key=lambda r: (r["accuracy"], -r["window"], -r["iterations"]))
+    return {"window": best["window"], "iterations": best["iterations"]}, results
+
+
+def _thin(
+    block: np.ndarray, fraction: float, seed: int, shape: tuple, block_info=None
+) -> np.ndarray:
+    """Binomial(count, fraction) per class and cell, from a counter-based uniform."""
+    from scipy.stats import binom
+
+    from gridflow.counter_rng import uniform
+
+    loc = block_info[0]["array-location"]
+    index = np.ravel_multi_index(
+        np.meshgrid(*[np.arange(a, b) for a, b in loc], indexing="ij"), shape
+    )
+    u = uniform(seed, 0, index)
+    held = binom.ppf(u, block, fraction)
+    return np.where(block > 0, held, 0).astype(block.dtype)

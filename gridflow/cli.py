@@ -292,6 +292,11 @@ def bin_(
 @click.option("--clamp", is_flag=True, help="Keep cells holding training points at their class.")
 @click.option("--probabilities", is_flag=True, help="Also store per-class vote fractions.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete round.")
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="Pick --window and --iterations by accuracy on held-out training points.",
+)
 @click.pass_context
 @_errors
 def classify_(
@@ -307,13 +312,26 @@ def classify_(
     clamp: bool,
     probabilities: bool,
     resume: bool,
+    tune: bool,
 ) -> None:
     """Fill STORE's grid with labels by iterating the vote filter."""
     from gridflow.classify import classify
+    from gridflow.classify import tune as tune_grid
 
     t0 = time.perf_counter()
     iters: int | str = iterations if iterations == "auto" else _int_option("iterations", iterations)
     with _cluster(ctx):
+        if tune:
+            best, results = tune_grid(
+                store, kernel=kernel, sigma=sigma, boundary=boundary, seed=seed_, clamp=clamp
+            )
+            for r in results:
+                click.echo(
+                    f"  window {r['window']:>3}  iterations {r['iterations']:>3}  "
+                    f"held-out accuracy {r['accuracy']:.2%}"
+                )
+            window, iters = best["window"], best["iterations"]
+            click.echo(f"tuned: window {window}, iterations {iters}")
         ds = classify(
             store,
             kernel=kernel,

@@ -163,3 +163,30 @@ def test_bad_parameters(points, kwargs, match):
 def test_initial_labels_ties_go_to_the_lowest_class():
     counts = da.from_array(np.array([[[2, 0]], [[2, 0]], [[1, 0]]]), chunks=(3, 1, 1))
     assert classify_mod.initial_labels(counts).compute().tolist() == [[0, -1]]
+
+
+def test_tune_scores_each_candidate_on_held_out_points(points, tmp_path):
+    from gridflow.classify import tune
+
+    ds = _grid(points)
+    best, results = tune(ds, windows=(1, 3, 30), iterations=(1, 3), holdout=0.3)
+    assert [(r["window"], r["iterations"]) for r in results] == [(1, 1), (1, 3), (3, 1), (3, 3)]
+    top = max(r["accuracy"] for r in results)
+    assert best in [
+        {"window": r["window"], "iterations": r["iterations"]}
+        for r in results
+        if r["accuracy"] == top
+    ]
+    # The split does not depend on the chunking.
+    other = tune(_grid(points, chunks=(7, 9)), windows=(1, 3), iterations=(1, 3), holdout=0.3)
+    assert other[1] == results
+    # Scoring by hand: held-out points in cells labeled with their class.
+    counts = ds["counts"].data
+    held = counts.map_blocks(classify_mod._thin, 0.3, 0, counts.shape, dtype=counts.dtype)
+    held = held.compute()
+    assert 0 < held.sum() < counts.sum().compute() and (held <= ds["counts"].values).all()
+    train = ds.assign(counts=(ds["counts"].dims, ds["counts"].values - held))
+    lab = classify(train, window=3, iterations=3)["label"].values
+    hits = sum(held[k][lab == k].sum() for k in range(3))
+    assert results[-1]["accuracy"] == pytest.approx(hits / held.sum())
+    assert 0.6 < top <= 1

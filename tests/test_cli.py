@@ -132,3 +132,14 @@ def test_classify_errors_exit_2(tmp_path):
     assert r.exit_code == 2 and "iterations" in r.output
     r = CliRunner().invoke(main, ["predict", str(store), str(points), "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "gridflow classify" in r.output
+
+
+def test_classify_tune(tmp_path):
+    points = tmp_path / "pts.parquet"
+    store = tmp_path / "grid.zarr"
+    run("synth", points, "--points", 4000, "--classes", 2, "--scale", 0.05)
+    run("bin", points, store, "--bins", 24)
+    r = run("classify", store, "--tune")
+    assert r.exit_code == 0, r.output
+    assert "tuned: window" in r.output and "held-out accuracy" in r.output
+    assert "label" in open_grid(store)
