@@ -382,8 +382,7 @@ def tune(
     """
     from gridflow import store as store_mod
 
-    if isinstance(grid, (str, os.PathLike)):
-        grid = store_mod.open_grid(grid)
+    grid = store_mod.as_grid(grid)
     if not 0 < holdout < 1:
         raise ParameterError(f"holdout: expected a fraction in (0, 1), got {holdout}")
     counts = da.asarray(grid["counts"].data)

@@ -43,7 +43,7 @@ from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import Block, PointSource, open_points
 from gridflow.predict import parse_columns, predict
-from gridflow.store import grid_spec, open_grid
+from gridflow.store import as_grid, grid_spec
 
 __all__ = ["Baseline", "Evaluation", "Scores", "evaluate"]
 
@@ -506,18 +506,6 @@ def _truth_block(
 # --- inputs ------------------------------------------------------------------------------
 
 
-def _open(grid: Any) -> Any:
-    import xarray as xr
-
-    if isinstance(grid, (str, os.PathLike)):
-        return open_grid(grid)
-    if isinstance(grid, xr.Dataset):
-        return grid
-    raise ParameterError(
-        f"grid: expected a store path or an xarray Dataset from open_grid, got {type(grid).__name__}"
-    )
-
-
 def _check_classified(ds: Any) -> None:
     if "label" not in ds.data_vars:
         have = ", ".join(map(str, ds.data_vars)) or "none"
@@ -787,7 +775,7 @@ def evaluate(
     _parse_baseline(baseline, train, neighbors, max_train)
     if baseline is not None:
         _knn_class()  # fail before any work when scikit-learn is missing
-    ds = _open(grid)
+    ds = as_grid(grid)
     _check_classified(ds)
     spec = grid_spec(ds)
     names = _class_names(ds)

@@ -44,7 +44,7 @@ from gridflow._staging import staged_directory
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import BLOCK_ROWS, Block, open_points, read_path
-from gridflow.store import STAGE_VARIABLES, grid_spec, open_grid
+from gridflow.store import STAGE_VARIABLES, as_grid, grid_spec
 
 __all__ = ["PredictResult", "predict", "predict_to_parquet"]
 
@@ -179,18 +179,6 @@ class _Grid:
             self._prob_graph,
             layer=self.probability.__dask_layers__()[0],
         )
-
-
-def _open(grid: Any) -> Any:
-    import xarray as xr
-
-    if isinstance(grid, (str, os.PathLike)):
-        return open_grid(grid)
-    if isinstance(grid, xr.Dataset):
-        return grid
-    raise ParameterError(
-        f"grid: expected a store path or an xarray Dataset from open_grid, got {type(grid).__name__}"
-    )
 
 
 def _missing_variable(ds: Any, variable: str) -> StoreError:
@@ -502,7 +490,7 @@ def predict(
     >>> int(result.codes[1]), result.report["no_cell"]
     (-1, 1)
     """
-    ds = _open(grid)
+    ds = as_grid(grid)
     g = _Grid(ds, variable, probabilities)
     cols = parse_columns(columns, g.spec)
     src = _open_points(points, g.spec, cols, columns is not None)
@@ -575,7 +563,7 @@ def predict_to_parquet(
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise ParameterError(f"out: the directory {parent} does not exist; create it first")
-    ds = _open(grid)
+    ds = as_grid(grid)
     if probabilities is None:
         probabilities = "probability" in ds.data_vars
     g = _Grid(ds, variable, probabilities)

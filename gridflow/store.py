@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from gridflow._staging import staged_directory
-from gridflow.errors import StoreError
+from gridflow.errors import ParameterError, StoreError
 from gridflow.grid import GridSpec
 
 __all__ = [
     "FORMAT_VERSION",
+    "as_grid",
     "check_writable",
     "counts_dataset",
     "grid_spec",
@@ -192,6 +193,19 @@ def open_grid(path: str | os.PathLike) -> Any:
     if "counts" not in ds or "gridflow_grid" not in ds.attrs:
         raise StoreError(f"store: {path} lacks counts or its grid; recreate it with `gridflow bin`")
     return ds
+
+
+def as_grid(grid: Any) -> Any:
+    """A store path opened with :func:`open_grid`, or a Dataset as it is."""
+    import xarray as xr
+
+    if isinstance(grid, (str, os.PathLike)):
+        return open_grid(grid)
+    if isinstance(grid, xr.Dataset):
+        return grid
+    raise ParameterError(
+        f"grid: expected a store path or an xarray Dataset from open_grid, got {type(grid).__name__}"
+    )
 
 
 def grid_spec(ds: Any) -> GridSpec:
