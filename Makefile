@@ -35,6 +35,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_binning.py
+	$(PY) benchmarks/bench_classify.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gridflow tests benchmarks
