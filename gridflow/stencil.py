@@ -9,7 +9,10 @@ The votes are exact: weights are dyadic (see :mod:`gridflow.kernels`), so the
 method that computes the correlation (direct sums, separable passes, running
 sums for box windows, FFT rounded back to the weights' quantum) never changes
 a single bit, and neither do the chunking or the number of steps fused into
-one round. A round of ``f`` fused steps needs a halo of ``f * w`` cells; cells
+one round. Within a round, a step after the first updates the previous
+votes in place when few cells changed label (moving each change's weights
+from its old class to its new one: exact, so again the same bits), which
+is much cheaper than a new correlation once the labels settle. A round of ``f`` fused steps needs a halo of ``f * w`` cells; cells
 outside an ``"open"`` grid carry the sentinel :data:`OUTSIDE` and never vote.
 
 This module works on NumPy arrays and dask arrays; it knows nothing of
@@ -100,16 +103,20 @@ def _fft(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
     # zero-padding to a fast size changes nothing: the correlation is only
     # read at cells whose window lies inside the block.
     fast = shape if wrap else tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
-    axes = tuple(range(1, planes.ndim))
-    a = scipy.fft.rfftn(planes, s=fast, axes=axes, workers=-1)
-    a *= _kernel_spectrum(kernel, fast)
-    out = scipy.fft.irfftn(a, s=fast, axes=axes, workers=-1, overwrite_x=True)
-    out = out[(slice(None), *(slice(0, n) for n in shape))]
-    # Exact votes are multiples of the quantum (a power of two, so scaling by
-    # it is exact); the FFT error is far below half a quantum.
-    out = out * (1.0 / kernel.quantum)
-    np.rint(out, out=out)
-    out *= kernel.quantum
+    spectrum = _kernel_spectrum(kernel, fast)
+    inside = tuple(slice(0, n) for n in shape)
+    out = np.empty(planes.shape)
+    # One plane at a time: a transform of every plane at once needs the
+    # memory of all their spectra and is no faster.
+    for k in range(planes.shape[0]):
+        a = scipy.fft.rfftn(planes[k], s=fast, workers=-1)
+        a *= spectrum
+        plane = scipy.fft.irfftn(a, s=fast, workers=-1, overwrite_x=True)[inside]
+        # Exact votes are multiples of the quantum (a power of two, so
+        # scaling by it is exact); the FFT error is far below half a quantum.
+        plane *= 1.0 / kernel.quantum
+        np.rint(plane, out=plane)
+        np.multiply(plane, kernel.quantum, out=out[k])
     return out
 
 
@@ -180,25 +187,60 @@ def vote(
     planes: np.ndarray | None = None,
     wrap: bool = False,
 ) -> np.ndarray:
-    """Votes ``V`` (nclasses, *labels.shape) of one step; ``planes`` replaces the one-hot."""
-    if planes is None:
-        planes = labels[None] == np.arange(nclasses).reshape((-1,) + (1,) * labels.ndim)
-    return correlate(planes, kernel, method, wrap)
+    """Votes ``V`` (nclasses, *labels.shape) of one step; ``planes`` replaces the one-hot.
+
+    Cells within the window radius of the block's edge (unless ``wrap``)
+    get unspecified votes: callers read only cells whose window lies inside.
+    """
+    if planes is not None:
+        return correlate(planes, kernel, method, wrap)
+    # When every cell is labeled, the class votes of a cell add up to the
+    # kernel's sum (exactly: they are multiples of its quantum), so the last
+    # class needs no correlation of its own.
+    full = nclasses > 1 and labels.size > 0 and int(labels.min()) >= 0
+    nplanes = nclasses - 1 if full else nclasses
+    votes = np.empty((nclasses, *labels.shape))
+    votes[:nplanes] = correlate(_votekernel().onehot(labels, nplanes), kernel, method, wrap)
+    if full:
+        _votekernel().complete_last_plane(votes, kernel.weights.sum())
+    return votes
 
 
 def decide(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """New labels and total vote: argmax (lowest class on ties) where the total is > 0."""
-    total = votes.sum(axis=0)
-    # argmax over the class axis, one plane at a time (np.argmax(axis=0)
-    # walks memory with a large stride); strict > keeps the lowest on ties.
-    best = votes[0].copy()
-    labels = np.zeros(total.shape, np.int32)
-    for k in range(1, votes.shape[0]):
-        better = votes[k] > best
-        np.copyto(best, votes[k], where=better)
-        labels[better] = k
-    labels[~(total > 0)] = UNLABELED
-    return labels, total
+    return _votekernel().decide(votes)
+
+
+def _votekernel() -> Any:
+    from gridflow import _votekernel
+
+    return _votekernel
+
+
+# Cost of moving one tap of one changed cell (from its old class plane to its
+# new one), in the units of the per-cell costs below (one unit is about
+# 0.35 ns of CPU: a float64 FFT of a 4096 x 4096 plane there and back costs
+# 6 * 24 units per cell, 0.85 s; a sparse update costs about 5 ns per tap,
+# measured on the 4096 x 4096 window case of benchmarks/bench_classify.py).
+_SCATTER_COST = 14.0
+
+
+def _update_cost(nchanged: int, kernel: Kernel) -> float:
+    """Cost of moving ``nchanged`` cells' weights between two class planes."""
+    return _SCATTER_COST * nchanged * kernel.weights.size
+
+
+def _vote_cost(nplanes: int, shape: tuple[int, ...], kernel: Kernel, method: str) -> float:
+    if method == "auto":
+        method = choose_method(kernel, shape)
+    n = math.prod(shape)
+    per_cell = {
+        "direct": float(kernel.weights.size),
+        "separable": float(sum(kernel.weights.shape)),
+        "box": 3.0 * len(shape),
+        "fft": 6.0 * math.log2(max(2, n)),
+    }[method]
+    return nplanes * n * per_cell
 
 
 def fused_steps(
@@ -242,9 +284,27 @@ def fused_steps(
     # kept in the first cells of two planes (a block has at least `steps` cells).
     changed = np.zeros(cur[interior].size)
     labeled = np.zeros(cur[interior].size)
+    # Labels whose one-hot planes gave `votes` (None after counts planes):
+    # later steps update those votes in place where few cells changed.
+    basis = None
     for s in range(steps):
-        planes = seed if (seed is not None and s == 0) else None
-        votes = vote(cur, nclasses, kernel, method, planes, wrap)
+        if seed is not None and s == 0:
+            votes = vote(cur, nclasses, kernel, method, seed, wrap)
+        else:
+            moved = None if basis is None else np.flatnonzero(cur != basis)
+            if (
+                moved is not None
+                and method == "auto"
+                and _update_cost(moved.size, kernel)
+                < _vote_cost(nclasses, cur.shape, kernel, method)
+            ):
+                flat = basis.reshape(-1)
+                _votekernel().scatter_changes(
+                    votes, kernel.weights, moved, flat[moved], cur.reshape(-1)[moved], wrap
+                )
+            else:
+                votes = vote(cur, nclasses, kernel, method, None, wrap)
+            basis = cur
         new, total = decide(votes)
         if clamp is not None:
             new = np.where(clamp >= 0, clamp, new)

@@ -204,3 +204,46 @@ def test_seed_counts_first_step(boundary, chunks, rng):
     )
     for a, b in zip(ref, dask.compute(got.labels, got.density, got.votes), strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(50,), (24, 30), (9, 10, 11)])
+@pytest.mark.parametrize("wrap", [True, False])
+@pytest.mark.parametrize("kernel", ["inverse_distance", "gaussian"])
+def test_sparse_update_gives_the_bits_of_a_new_correlation(shape, wrap, kernel, rng):
+    from gridflow import _votekernel
+    from gridflow.stencil import vote
+
+    k = parse_kernel(kernel, window=2, ndim=len(shape))
+    before = _random_labels(rng, shape, 4, fill=0.6)
+    after = before.copy()
+    moved = rng.choice(after.size, after.size // 7, replace=False)
+    after.flat[moved] = rng.integers(-1, 4, moved.size)
+    votes = vote(before, 4, k, method="direct", wrap=wrap)
+    cells = np.flatnonzero(after != before)
+    _votekernel.scatter_changes(
+        votes, k.weights, cells, before.flat[cells], after.flat[cells], wrap
+    )
+    expected = vote(after, 4, k, method="direct", wrap=wrap)
+    # Without wrap, only cells whose window lies inside the block are defined.
+    inside = (slice(None), *(slice(0, None) if wrap else slice(2, -2) for _ in shape))
+    assert np.array_equal(votes[inside], expected[inside])
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.parametrize("chunks", [(48, 64), (16, 20)])
+def test_fused_sparse_updates_equal_correlating_every_step(boundary, chunks, rng):
+    # method="auto" updates the votes in place after the first step of a
+    # round; method="fft" correlates every step: the bits must not differ.
+    labels = _random_labels(rng, (48, 64), 5, fill=0.1)
+    k = parse_kernel("inverse_distance", window=3, ndim=2)
+    arr = da.from_array(labels, chunks=chunks)
+    runs = [
+        run_dask(arr, nclasses=5, kernel=k, iterations=5, boundary=boundary, method=m, clamp=c)
+        for m in ("auto", "fft")
+        for c in (False, True)
+    ]
+    auto, auto_clamped, fft, fft_clamped = (
+        dask.compute(r.labels, r.density, r.votes) for r in runs
+    )
+    for a, b in zip(auto + auto_clamped, fft + fft_clamped, strict=True):
+        assert np.array_equal(a, b)

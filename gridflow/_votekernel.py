@@ -1,0 +1,197 @@
+"""Compiled kernels of the vote step: one-hot planes, decisions, sparse updates.
+
+Votes are exact multiples of the kernel's quantum (see
+:mod:`gridflow.kernels`), so they can be updated in place: when a few cells
+change label between two steps, adding each change's weights to the new
+class and taking them from the old one gives the very same float64 bits as
+correlating the whole block again. :func:`scatter_changes` does that, in
+parallel over stripes of the first dim (each thread writes only its own
+rows, so no two threads touch the same cell).
+
+Numba is imported on first use only; the compiled code is cached on disk.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+
+@functools.cache
+def _compiled() -> Any:
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def onehot(labels, out):  # pragma: no cover - compiled
+        # out[k, i] = labels[i] == k, for the first out.shape[0] classes.
+        nplanes, n = out.shape
+        for k in range(nplanes):
+            for i in prange(n):
+                out[k, i] = 1.0 if labels[i] == k else 0.0
+
+    @njit(parallel=True, cache=True)
+    def decide(votes, labels, total):  # pragma: no cover - compiled
+        # Argmax (lowest class on ties) where the total vote is > 0, else -1.
+        nclasses, n = votes.shape
+        for i in prange(n):
+            best = votes[0, i]
+            arg = 0
+            tot = best
+            for k in range(1, nclasses):
+                v = votes[k, i]
+                tot += v
+                if v > best:
+                    best = v
+                    arg = k
+            total[i] = tot
+            labels[i] = arg if tot > 0 else -1
+
+    @njit(parallel=True, cache=True)
+    def last_plane(votes, full):  # pragma: no cover - compiled
+        # votes[-1] = full - sum(votes[:-1]): every cell of the block is
+        # labeled, so the class votes add up to the kernel's sum.
+        nclasses, n = votes.shape
+        for i in prange(n):
+            s = 0.0
+            for k in range(nclasses - 1):
+                s += votes[k, i]
+            votes[nclasses - 1, i] = full - s
+
+    @njit(parallel=True, cache=True)
+    def scatter(
+        votes, shape, cells, old, new, lead, lead_weights, radius_last, wrap, nstripes
+    ):  # pragma: no cover - compiled
+        # votes: (nclasses, ncells) flat, C order over `shape`; cells: flat
+        # indices of the changed cells, with their old and new labels;
+        # lead: (T, ndim - 1) offsets over the leading dims, lead_weights:
+        # (T, 2 * radius_last + 1) the weights of each leading offset along
+        # the last dim. A change at p moves weight w(u) at target p - u.
+        ndim = shape.shape[0]
+        nlast = shape[ndim - 1]
+        n0 = shape[0]
+        width = 2 * radius_last + 1
+        strides = np.empty(ndim, np.int64)
+        acc = 1
+        for d in range(ndim - 1, -1, -1):
+            strides[d] = acc
+            acc *= shape[d]
+        for s in prange(nstripes):
+            lo = s * n0 // nstripes
+            hi = (s + 1) * n0 // nstripes
+            coords = np.empty(ndim, np.int64)
+            last = np.empty(width, np.int64)
+            for i in range(cells.shape[0]):
+                a = old[i]
+                b = new[i]
+                rem = cells[i]
+                for d in range(ndim):
+                    coords[d] = rem // strides[d]
+                    rem -= coords[d] * strides[d]
+                # Targets along the last dim (-1: outside the block).
+                c = coords[ndim - 1]
+                for j in range(width):
+                    t = c - (j - radius_last)
+                    if wrap:
+                        t %= nlast
+                    elif t < 0 or t >= nlast:
+                        t = -1
+                    last[j] = t
+                for tl in range(lead.shape[0]):
+                    base = 0
+                    ok = True
+                    for d in range(ndim - 1):
+                        t = coords[d] - lead[tl, d]
+                        if wrap:
+                            t %= shape[d]
+                        elif t < 0 or t >= shape[d]:
+                            ok = False
+                            break
+                        if d == 0 and (t < lo or t >= hi):
+                            ok = False
+                            break
+                        base += t * strides[d]
+                    if not ok:
+                        continue
+                    if ndim == 1 and s != 0:
+                        continue
+                    for j in range(width):
+                        t = last[j]
+                        if t < 0:
+                            continue
+                        w = lead_weights[tl, j]
+                        if a >= 0:
+                            votes[a, base + t] -= w
+                        if b >= 0:
+                            votes[b, base + t] += w
+
+    return numba, onehot, decide, last_plane, scatter
+
+
+def onehot(labels: np.ndarray, nplanes: int) -> np.ndarray:
+    """``(nplanes, *labels.shape)`` float64 indicators of classes ``0..nplanes-1``."""
+    out = np.empty((nplanes, labels.size))
+    _compiled()[1](np.ascontiguousarray(labels).reshape(-1), out)
+    return out.reshape((nplanes, *labels.shape))
+
+
+def decide(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (int32) and total vote of ``votes`` (nclasses, *shape)."""
+    shape = votes.shape[1:]
+    flat = np.ascontiguousarray(votes).reshape(votes.shape[0], -1)
+    labels = np.empty(flat.shape[1], np.int32)
+    total = np.empty(flat.shape[1])
+    _compiled()[2](flat, labels, total)
+    return labels.reshape(shape), total.reshape(shape)
+
+
+def complete_last_plane(votes: np.ndarray, full: float) -> None:
+    """Fill ``votes[-1]`` in place as ``full`` minus the other planes."""
+    _compiled()[3](votes.reshape(votes.shape[0], -1), float(full))
+
+
+@functools.lru_cache(maxsize=32)
+def _taps(weights_key: bytes, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    weights = np.frombuffer(weights_key).reshape(shape)
+    radius = [s // 2 for s in shape]
+    lead_shape = shape[:-1]
+    if lead_shape:
+        grids = np.indices(lead_shape).reshape(len(lead_shape), -1).T
+        lead = (grids - np.asarray(radius[:-1])).astype(np.int64)
+    else:
+        lead = np.zeros((1, 0), np.int64)
+    return np.ascontiguousarray(lead), np.ascontiguousarray(weights.reshape(len(lead), shape[-1]))
+
+
+def scatter_changes(
+    votes: np.ndarray,
+    weights: np.ndarray,
+    cells: np.ndarray,
+    old: np.ndarray,
+    new: np.ndarray,
+    wrap: bool,
+) -> None:
+    """Update ``votes`` (nclasses, *shape) in place for label changes.
+
+    ``cells`` are flat indices of the cells whose label went from ``old``
+    to ``new`` (negative: no class). ``wrap``: the block wraps around in
+    every dim; otherwise targets outside the block are dropped.
+    """
+    numba = _compiled()[0]
+    shape = votes.shape[1:]
+    lead, lead_weights = _taps(np.ascontiguousarray(weights).tobytes(), weights.shape)
+    nstripes = min(shape[0], 4 * numba.get_num_threads())
+    _compiled()[4](
+        votes.reshape(votes.shape[0], -1),
+        np.asarray(shape, np.int64),
+        cells.astype(np.int64, copy=False),
+        old.astype(np.int32, copy=False),
+        new.astype(np.int32, copy=False),
+        lead,
+        lead_weights,
+        weights.shape[-1] // 2,
+        bool(wrap),
+        max(1, nstripes),
+    )
