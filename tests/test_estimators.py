@@ -38,14 +38,15 @@ def moons():
 @pytest.mark.parametrize(
     ("n", "d", "expected"),
     [
-        (50_000, 2, (158, 1)),  # sqrt(25_000) = 158.1; sqrt(20 * 158**2 / 5e4) = 3.16 -> w 1
-        (10, 2, (4, 1)),  # at least 4 bins; w = 2.3 -> 2 would not fit 4 bins: 1
-        (10_000, 1, (4096, 4)),  # at most 4096 bins; (20 * 4096 / 1e4 - 1) / 2 = 3.6 -> 4
-        (100, 1, (50, 4)),  # (20 * 50 / 100 - 1) / 2 = 4.5 -> 4 (round half to even)
-        (1_000_000, 3, (79, 1)),  # cbrt(5e5) = 79.4
-        (10**9, 3, (271, 1)),  # 271**3 < 2e7 < 272**3
-        (10**8, 2, (4096, 1)),  # sqrt(5e7) = 7071, capped per dim
-        (1, 6, (4, 1)),
+        (50_000, 2, (82, 3)),  # 13.5 * 50_000 ** (1/6) = 82.0
+        (10, 2, (20, 3)),  # 13.5 * 10 ** (1/6) = 19.8
+        (10_000, 1, (85, 3)),  # 13.5 * 10_000 ** (1/5) = 85.2
+        (100, 1, (34, 3)),  # 13.5 * 100 ** (1/5) = 33.9
+        (1_000_000, 3, (40, 3)),  # 5.5 * 1e6 ** (1/7) = 39.6
+        (10**9, 3, (106, 3)),  # 5.5 * 1e9 ** (1/7) = 106.3
+        (10**13, 3, (271, 3)),  # 271**3 < 2e7 < 272**3
+        (10**30, 2, (4096, 3)),  # capped per dim
+        (1, 6, (6, 2)),  # 5.5 -> 6 bins; w = 3 would not fit 6 bins: 2
     ],
 )
 def test_default_grid_follows_the_rule(n, d, expected):
@@ -205,7 +206,7 @@ def test_tune_takes_frames_without_feature_name_warnings(moons):
 def test_tune_default_candidates_fit_the_grid():
     X, y = make_moons(300, noise=0.2, random_state=1)
     clf = GridClassifier(bins=9).tune(X, y, iterations=(2,))
-    assert [r["window"] for r in clf.tune_results_] == [1, 2, 3]  # w 1: 1, 2, 3; 2w+1 <= 9
+    assert [r["window"] for r in clf.tune_results_] == [1, 2, 3, 4]  # w 3: 1, 2, 3, 6, 9; 2w+1 <= 9
     with pytest.raises(ParameterError, match="windows"):
         GridClassifier(bins=9).tune(X, y, windows=(1, 5))
 
