@@ -64,6 +64,17 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
 }
 
 
+#: Grids of at most this many cells are predicted from an in-memory copy of
+#: their labels (read once per call: 128 MiB of int32 at most) by indexing it
+#: with each point's cell; larger ones by :func:`gridflow.predict`, which
+#: reads only the chunks the points touch. Both give the same labels.
+TABLE_CELLS = 2**25
+
+
+def _in_memory(spec: GridSpec) -> bool:
+    return math.prod(spec.bins) <= TABLE_CELLS
+
+
 def _max_bins(n_features: int) -> int:
     """Most bins per dim such that the grid has at most MAX_CELLS cells."""
     cap = int(MAX_CELLS ** (1.0 / n_features))
@@ -362,8 +373,15 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        result = predict_grid(self.grid_, self._clip(X, self.spec_), probabilities=True)
-        prob = result.probability.astype(np.float64)
+        spec = self.spec_
+        if _in_memory(spec):
+            cells = spec.flat_index(self._clip(X, spec))
+            table = self.grid_["probability"].values.reshape(len(self.classes_), -1)
+            prob = np.where(cells[:, None] >= 0, table[:, np.maximum(cells, 0)].T, np.nan)
+            prob = prob.astype(np.float64)
+        else:
+            result = predict_grid(self.grid_, self._clip(X, spec), probabilities=True)
+            prob = result.probability.astype(np.float64)
         total = prob.sum(axis=1, keepdims=True)
         ok = np.isfinite(total) & (total > 0)
         return np.where(ok, prob / np.where(ok, total, 1.0), self.class_prior_)
@@ -376,7 +394,13 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
     def _codes(self, grid: Any, X: np.ndarray) -> np.ndarray:
         """Class index of each (validated) row of X on ``grid``; unlabeled cells
         get the majority class."""
-        codes = predict_grid(grid, self._clip(X, grid_spec(grid))).codes
+        spec = grid_spec(grid)
+        if _in_memory(spec):
+            cells = spec.flat_index(self._clip(X, spec))
+            labels = grid["label"].values.reshape(-1)
+            codes = np.where(cells >= 0, labels[np.maximum(cells, 0)], -1)
+        else:
+            codes = predict_grid(grid, self._clip(X, spec)).codes
         return np.where(codes >= 0, codes, int(np.argmax(self.class_prior_)))
 
     @staticmethod

@@ -255,6 +255,10 @@ class GridSpec:
     def flat_index(self, points: Any) -> Any:
         """C-order flat cell index of ``points`` (shape ``(n, ndim)``), -1 where none."""
         xp = _namespace(points)
+        if xp is np and np.ndim(points) == 2 and np.shape(points)[1] == self.ndim:
+            from gridflow._cellkernel import flat_index
+
+            return flat_index(points, self)
         cells = self.cell_index(points)
         flat = xp.zeros(cells.shape[0], dtype=xp.int64)
         for i, n in enumerate(self.bins):

@@ -232,3 +232,22 @@ def test_accuracy_near_bayes_and_not_below_knn():
     # The defaults (0.597) fall 0.2 points short of kNN's best k (0.599, k=51);
     # tuned (0.604) beats it.
     assert tuned >= knn, numbers
+
+
+def test_in_memory_lookup_equals_the_store_reader(moons):
+    # Small grids are predicted from an in-memory copy of their labels;
+    # gridflow.predict reads chunks: both must give the same answers.
+    from gridflow.predict import predict as predict_grid
+
+    X, y = moons
+    clf = GridClassifier(chunks=7).fit(X, y)
+    rng = np.random.default_rng(3)
+    Xq = np.concatenate([X, rng.uniform(-3, 4, (3000, 2))])
+    ref = predict_grid(clf.grid_, clf._clip(Xq, clf.spec_), probabilities=True)
+    majority = int(np.argmax(clf.class_prior_))
+    expected = np.where(ref.codes >= 0, ref.codes, majority)
+    assert np.array_equal(clf.predict(Xq), clf.classes_[expected])
+    prob = ref.probability.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # unlabeled cells: all-zero rows
+        prob = prob / prob.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(clf.predict_proba(Xq)[ref.codes >= 0], prob[ref.codes >= 0])

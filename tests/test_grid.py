@@ -116,3 +116,26 @@ def test_infer_bounds_one_pass_ignores_nan_and_inf():
 def test_infer_bounds_of_a_constant_column_is_a_unit_interval():
     df = pd.DataFrame({"x": [2.0, 2.0]})
     assert infer_bounds(df, ["x"]) == ((1.5, 2.5),)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_compiled_flat_index_equals_the_array_rule(periodic, rng):
+    # The one-pass kernel must give the bits of the per-dim NumPy rule,
+    # edge values, NaN, infinities and far-away points included.
+    spec = GridSpec(
+        ("a", "b", "c"), bounds=[(-1.5, 2.0), (0, 1), (3, 10)], bins=(7, 5, 13), periodic=periodic
+    )
+    lo, hi = np.array(spec.bounds).T
+    pts = rng.uniform(lo - 0.2 * (hi - lo), hi + 0.2 * (hi - lo), (5000, 3))
+    pts[:300, 0] = rng.choice(spec.edges("a"), 300)
+    pts[300:600, 2] = rng.choice(spec.edges("c"), 300)
+    pts[600:610] = np.nan
+    pts[610:620, 1] = np.inf
+    pts[620:630, 2] = -np.inf
+    pts[630:640, 0] = 1e300
+    cells = spec.cell_index(pts)
+    expected = np.where(cells[:, 0] < 0, -1, np.ravel_multi_index(cells.T.clip(0), spec.bins))
+    got = spec.flat_index(pts)
+    assert np.array_equal(got, expected)
+    assert np.array_equal(spec.flat_index(np.asfortranarray(pts)), expected)
+    assert (got >= 0).sum() > 1000 and (got < 0).sum() >= 30
