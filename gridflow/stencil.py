@@ -106,18 +106,26 @@ def _fft(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
     spectrum = _kernel_spectrum(kernel, fast)
     inside = tuple(slice(0, n) for n in shape)
     out = np.empty(planes.shape)
-    # One plane at a time: a transform of every plane at once needs the
-    # memory of all their spectra and is no faster.
-    for k in range(planes.shape[0]):
-        a = scipy.fft.rfftn(planes[k], s=fast, workers=-1)
+    # Small blocks: every plane in one call (threads get enough work); large
+    # ones a plane at a time (the spectra of all planes at once cost memory
+    # and no time).
+    batch = planes.shape[0] if planes[0].size <= _FFT_BATCH_CELLS else 1
+    axes = tuple(range(1, planes.ndim))
+    for k in range(0, planes.shape[0], batch):
+        a = scipy.fft.rfftn(planes[k : k + batch], s=fast, axes=axes, workers=-1)
         a *= spectrum
-        plane = scipy.fft.irfftn(a, s=fast, workers=-1, overwrite_x=True)[inside]
+        part = scipy.fft.irfftn(a, s=fast, axes=axes, workers=-1, overwrite_x=True)
+        part = part[(slice(None), *inside)]
         # Exact votes are multiples of the quantum (a power of two, so
         # scaling by it is exact); the FFT error is far below half a quantum.
-        plane *= 1.0 / kernel.quantum
-        np.rint(plane, out=plane)
-        np.multiply(plane, kernel.quantum, out=out[k])
+        part *= 1.0 / kernel.quantum
+        np.rint(part, out=part)
+        np.multiply(part, kernel.quantum, out=out[k : k + batch])
     return out
+
+
+#: Blocks of at most this many cells per plane are transformed all planes at once.
+_FFT_BATCH_CELLS = 2**18
 
 
 @functools.lru_cache(maxsize=32)
@@ -408,7 +416,7 @@ class RoundState:
 class FinalRound:
     """The last round, lazy: labels, density and votes after ``step`` steps.
 
-    ``stats`` is a delayed ``(2, n)`` array of the per-step (changed,
+    ``stats`` is a lazy ``(2, n)`` dask array of the per-step (changed,
     labeled) counts of its ``n`` steps still to be recorded, or None.
     """
 
@@ -584,15 +592,25 @@ def _whole_periodic(chunks: tuple[tuple[int, ...], ...], boundary: str) -> bool:
     return boundary == "periodic" and all(len(c) == 1 for c in chunks)
 
 
-def _block_stats(out: da.Array, steps: int) -> Any:
-    """Delayed ``(2, steps)`` totals of the per-block step counts."""
-    blocks = out[2:4].to_delayed().ravel()
-    parts = [dask.delayed(_first_cells)(b, steps) for b in blocks]
-    return dask.delayed(sum)(parts)
+def _block_stats(out: da.Array, steps: int) -> da.Array:
+    """``(2, steps)`` totals of the per-block step counts, as a dask array.
+
+    An array, not a Delayed: computed together with the round's other
+    outputs, it shares their (optimised) tasks instead of running the round
+    a second time.
+    """
+    planes = out[2:4]
+    nblocks = planes.numblocks[1:]
+    # Each block gives (2, 1, ..., 1, steps): its counts in the last dim.
+    chunks = ((2,), *(((1,) * n) for n in nblocks[:-1]), (steps,) * nblocks[-1])
+    firsts = planes.map_blocks(_first_cells, steps, chunks=chunks, dtype=np.float64)
+    per_last = firsts.sum(axis=tuple(range(1, planes.ndim - 1)))
+    return per_last.reshape(2, nblocks[-1], steps).sum(axis=1)
 
 
 def _first_cells(block: np.ndarray, steps: int) -> np.ndarray:
-    return block.reshape(2, -1)[:, :steps]
+    first = block.reshape(2, -1)[:, :steps]
+    return first.reshape((2,) + (1,) * (block.ndim - 2) + (steps,))
 
 
 def _round_block(
