@@ -73,6 +73,7 @@ def _compiled() -> Any:
         nlast = shape[ndim - 1]
         n0 = shape[0]
         width = 2 * radius_last + 1
+        reversed_weights = np.ascontiguousarray(lead_weights[:, ::-1])
         strides = np.empty(ndim, np.int64)
         acc = 1
         for d in range(ndim - 1, -1, -1):
@@ -92,6 +93,7 @@ def _compiled() -> Any:
                     rem -= coords[d] * strides[d]
                 # Targets along the last dim (-1: outside the block).
                 c = coords[ndim - 1]
+                contiguous = c >= radius_last and c + radius_last < nlast
                 for j in range(width):
                     t = c - (j - radius_last)
                     if wrap:
@@ -116,6 +118,19 @@ def _compiled() -> Any:
                     if not ok:
                         continue
                     if ndim == 1 and s != 0:
+                        continue
+                    if contiguous:
+                        # Targets c + r down to c - r: one contiguous run,
+                        # weights reversed (vectorised by the compiler).
+                        start = base + c - radius_last
+                        if a >= 0:
+                            row = votes[a, start : start + width]
+                            for j in range(width):
+                                row[j] -= reversed_weights[tl, j]
+                        if b >= 0:
+                            row = votes[b, start : start + width]
+                            for j in range(width):
+                                row[j] += reversed_weights[tl, j]
                         continue
                     for j in range(width):
                         t = last[j]
