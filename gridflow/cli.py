@@ -66,6 +66,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress of long stages: always a bar / nothing. "
+    "Default: a bar on a terminal, else a log line every 10 s.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -73,13 +79,17 @@ def main(
     workers: int | None,
     memory_limit: str | None,
     log_level: str,
+    progress: bool | None,
 ) -> None:
     """Classify and cluster huge point datasets with image convolution filters."""
+    from gridflow.progress import set_progress
+
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    set_progress(progress)
     ctx.obj = {"scheduler": scheduler, "workers": workers, "memory_limit": memory_limit}
 
 
