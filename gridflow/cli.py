@@ -373,6 +373,75 @@ def _int_option(name: str, value: str) -> int:
         raise ParameterError(f"{name}: expected an integer or 'auto', got {value!r}") from None
 
 
+@main.command("fractal")
+@click.argument("store", type=click.Path())
+@click.option("--iterations", type=int, default=250, show_default=True, help="Iterations in all.")
+@click.option(
+    "--burn-in",
+    type=int,
+    default=50,
+    show_default=True,
+    help="First iterations in which only unlabeled cells copy a neighbour.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random choices.")
+@click.option(
+    "--start",
+    type=click.Choice(["auto", "label", "counts"]),
+    default="auto",
+    show_default=True,
+    help="Start from classify's labels or from the counts' majority classes "
+    "(auto: the labels when the store has them).",
+)
+@click.option(
+    "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
+)
+@click.option(
+    "--record",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Keep the labels every K iterations, for `gridflow render --animate`.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the last complete round.")
+@click.pass_context
+@_errors
+def fractal_(
+    ctx: click.Context,
+    store: str,
+    iterations: int,
+    burn_in: int,
+    seed: int,
+    start: str,
+    boundary: str,
+    record: int | None,
+    resume: bool,
+) -> None:
+    """Run the fractal classifier on STORE: every cell copies a random neighbour, many times."""
+    from gridflow.fractal import fractal
+
+    t0 = time.perf_counter()
+    with _cluster(ctx):
+        ds = fractal(
+            store,
+            iterations=iterations,
+            burn_in=burn_in,
+            seed=seed,
+            start=start,
+            boundary=boundary,
+            record=record,
+            resume=resume,
+        )
+    stage = ds.attrs["gridflow_stages"]["fractal"]
+    frames = ds.sizes.get("fractal_iteration", 0)
+    click.echo(
+        f"fractal {store}: {iterations} iterations ({burn_in} burn-in) from the "
+        f"{'classify labels' if stage['start'] == 'label' else 'counts'}, "
+        f"{stage['history'][-1]['unlabeled']:.2%} of cells unlabeled"
+        + (f", {frames} frames recorded" if frames else "")
+        + f" ({time.perf_counter() - t0:.1f} s)"
+    )
+
+
 @main.command("predict")
 @click.argument("store", type=click.Path())
 @click.argument("points")
