@@ -442,6 +442,84 @@ def fractal_(
     )
 
 
+@main.command("render")
+@click.argument("store", type=click.Path())
+@click.option(
+    "--var",
+    default="label",
+    show_default=True,
+    type=click.Choice(["label", "fractal", "cluster", "density", "level", "confidence"]),
+    help="Variable to show.",
+)
+@click.option("--out", type=click.Path(), default=None, help="PNG image to write.")
+@click.option(
+    "--slice",
+    "slices",
+    multiple=True,
+    metavar="DIM=INDEX",
+    help="Cut an N-D grid at a cell, e.g. z=10 (repeatable).",
+)
+@click.option(
+    "--dims",
+    default=None,
+    help="The two dims shown, across then up, e.g. x,y (default: the first two not sliced).",
+)
+@click.option(
+    "--project",
+    type=click.Choice(["max", "mode"]),
+    default=None,
+    help="Projection of the other dims (default: mode for label/fractal, else max).",
+)
+@click.option("--scale", type=int, default=None, help="Pixels per cell (default: up to 512 px).")
+@click.option(
+    "--animate",
+    "animation",
+    type=click.Path(),
+    default=None,
+    help="Also write the recorded frames as an animation (.gif, or .mp4 with imageio-ffmpeg).",
+)
+@click.option("--fps", type=float, default=10.0, show_default=True, help="Animation frame rate.")
+@click.option(
+    "--all",
+    "all_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Instead: write every variable's PNG (and fractal.gif) into this directory.",
+)
+@_errors
+def render_(
+    store: str,
+    var: str,
+    out: str | None,
+    slices: tuple[str, ...],
+    dims: str | None,
+    project: str | None,
+    scale: int | None,
+    animation: str | None,
+    fps: float,
+    all_dir: str | None,
+) -> None:
+    """Draw STORE's variables as PNG images and animations."""
+    from gridflow.render import render, render_all
+
+    if all_dir is not None:
+        written = list(render_all(store, all_dir, scale=scale, fps=fps).values())
+    else:
+        written = render(
+            store,
+            var,
+            out,
+            slices=list(slices),
+            dims=dims,
+            project=project,
+            scale=scale,
+            animation=animation,
+            fps=fps,
+        )
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
 @main.command("predict")
 @click.argument("store", type=click.Path())
 @click.argument("points")
