@@ -10,8 +10,8 @@ the neighbour's label by the rule of :func:`gridflow.fractal.fractal`.
 A step runs row by row over the last axis on views whose index starts at 0
 (numba can then drop its negative-index checks), loading all ``2·d``
 neighbours and selecting one, so LLVM vectorises the hash and the select:
-about 2 ns per cell and step on one x86 core, against about 25 ns for the
-same step in NumPy. Blocks are either haloed (``shrink``: step ``s`` updates
+about 1.2 ns per cell and step on one x86 core, against 16-21 ns for the
+same step in NumPy (BENCHMARKS.md). Blocks are either haloed (``shrink``: step ``s`` updates
 the cells at least ``s + 1`` from the edge; the halo is as deep as the
 steps) or whole grids padded by one cell whose periodic axes are refreshed
 before every step (cells beyond an open edge hold -2 and never change).

@@ -56,9 +56,9 @@ Start = Literal["auto", "label", "counts"]
 Method = Literal["auto", "compiled", "reference"]
 
 # Cost model of the fusion factor, per block: a step of the compiled kernel
-# costs about this per cell updated, and a round about this much on top
-# (dask tasks, halo exchange, persisting, scheduler wake-ups). Seconds,
-# measured on 2 x86 cores.
+# costs about this per cell updated (1.2-2.4 ns measured, BENCHMARKS.md),
+# and a round about this much on top (dask tasks, halo exchange, persisting,
+# scheduler wake-ups, as timed on a loaded 2-core machine). Seconds.
 _CELL_SECONDS = 2.5e-9
 _ROUND_SECONDS = 1e-2
 # A grid in one chunk runs about this many cell updates per round.
