@@ -36,6 +36,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_binning.py
 	$(PY) benchmarks/bench_classify.py
+	$(PY) benchmarks/bench_fractal.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gridflow tests benchmarks

@@ -21,6 +21,7 @@ from gridflow.errors import (
     ParameterError,
     StoreError,
 )
+from gridflow.fractal import fractal
 from gridflow.grid import GridSpec
 from gridflow.points import open_points
 from gridflow.predict import PredictResult, predict, predict_to_parquet
@@ -51,6 +52,7 @@ __all__ = [
     "__version__",
     "bin_points",
     "classify",
+    "fractal",
     "make_points",
     "open_grid",
     "open_points",

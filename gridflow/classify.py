@@ -27,6 +27,7 @@ import numpy as np
 
 from gridflow.errors import ParameterError, StoreError
 from gridflow.kernels import Kernel, parse_kernel
+from gridflow.progress import Progress
 from gridflow.stencil import FinalRound, RoundState, history_entries, run_dask
 
 __all__ = ["classify", "tune"]
@@ -174,6 +175,7 @@ def classify(
     elif resume:
         raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
 
+    bar = Progress("classify", total=n or max_iter, unit="step")
     final = run_dask(
         labels0,
         nclasses=nclasses,
@@ -186,7 +188,7 @@ def classify(
         tol=tol,
         max_iter=max_iter,
         start=start,
-        materialise=materialise,
+        materialise=bar.rounds(materialise or _persist),
         history=history,
         seed_counts=counts.astype(np.float64) if seed == "counts" else None,
     )
@@ -198,8 +200,17 @@ def classify(
         _record(history, final, stats, labels0.size)
         ds = grid.assign(dict(zip(outputs, computed[:-1], strict=True)))
         ds.attrs = _stage_attrs(grid.attrs, stage, history)
+        bar.finish(final.step)
         return ds
-    return _write(path, grid, outputs, final, history, stage, labels0.size, ckpt)
+    ds = _write(path, grid, outputs, final, history, stage, labels0.size, ckpt)
+    bar.finish(final.step)
+    return ds
+
+
+def _persist(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
+    """A round of an in-memory run, persisted on the workers (as run_dask does)."""
+    labels, density, stats = dask.persist(state.labels, state.density, stats)
+    return RoundState(state.step, labels, density), np.asarray(dask.compute(stats)[0])
 
 
 def _weights_digest(k: Kernel) -> str:

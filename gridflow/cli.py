@@ -66,6 +66,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress of long stages: always a bar / nothing. "
+    "Default: a bar on a terminal, else a log line every 10 s.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -73,13 +79,17 @@ def main(
     workers: int | None,
     memory_limit: str | None,
     log_level: str,
+    progress: bool | None,
 ) -> None:
     """Classify and cluster huge point datasets with image convolution filters."""
+    from gridflow.progress import set_progress
+
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    set_progress(progress)
     ctx.obj = {"scheduler": scheduler, "workers": workers, "memory_limit": memory_limit}
 
 
@@ -361,6 +371,153 @@ def _int_option(name: str, value: str) -> int:
         from gridflow.errors import ParameterError
 
         raise ParameterError(f"{name}: expected an integer or 'auto', got {value!r}") from None
+
+
+@main.command("fractal")
+@click.argument("store", type=click.Path())
+@click.option("--iterations", type=int, default=250, show_default=True, help="Iterations in all.")
+@click.option(
+    "--burn-in",
+    type=int,
+    default=50,
+    show_default=True,
+    help="First iterations in which only unlabeled cells copy a neighbour.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random choices.")
+@click.option(
+    "--start",
+    type=click.Choice(["auto", "label", "counts"]),
+    default="auto",
+    show_default=True,
+    help="Start from classify's labels or from the counts' majority classes "
+    "(auto: the labels when the store has them).",
+)
+@click.option(
+    "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
+)
+@click.option(
+    "--record",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Keep the labels every K iterations, for `gridflow render --animate`.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the last complete round.")
+@click.pass_context
+@_errors
+def fractal_(
+    ctx: click.Context,
+    store: str,
+    iterations: int,
+    burn_in: int,
+    seed: int,
+    start: str,
+    boundary: str,
+    record: int | None,
+    resume: bool,
+) -> None:
+    """Run the fractal classifier on STORE: every cell copies a random neighbour, many times."""
+    from gridflow.fractal import fractal
+
+    t0 = time.perf_counter()
+    with _cluster(ctx):
+        ds = fractal(
+            store,
+            iterations=iterations,
+            burn_in=burn_in,
+            seed=seed,
+            start=start,
+            boundary=boundary,
+            record=record,
+            resume=resume,
+        )
+    stage = ds.attrs["gridflow_stages"]["fractal"]
+    frames = ds.sizes.get("fractal_iteration", 0)
+    click.echo(
+        f"fractal {store}: {iterations} iterations ({burn_in} burn-in) from the "
+        f"{'classify labels' if stage['start'] == 'label' else 'counts'}, "
+        f"{stage['history'][-1]['unlabeled']:.2%} of cells unlabeled"
+        + (f", {frames} frames recorded" if frames else "")
+        + f" ({time.perf_counter() - t0:.1f} s)"
+    )
+
+
+@main.command("render")
+@click.argument("store", type=click.Path())
+@click.option(
+    "--var",
+    default="label",
+    show_default=True,
+    type=click.Choice(["label", "fractal", "cluster", "density", "level", "confidence"]),
+    help="Variable to show.",
+)
+@click.option("--out", type=click.Path(), default=None, help="PNG image to write.")
+@click.option(
+    "--slice",
+    "slices",
+    multiple=True,
+    metavar="DIM=INDEX",
+    help="Cut an N-D grid at a cell, e.g. z=10 (repeatable).",
+)
+@click.option(
+    "--dims",
+    default=None,
+    help="The two dims shown, across then up, e.g. x,y (default: the first two not sliced).",
+)
+@click.option(
+    "--project",
+    type=click.Choice(["max", "mode"]),
+    default=None,
+    help="Projection of the other dims (default: mode for label/fractal, else max).",
+)
+@click.option("--scale", type=int, default=None, help="Pixels per cell (default: up to 512 px).")
+@click.option(
+    "--animate",
+    "animation",
+    type=click.Path(),
+    default=None,
+    help="Also write the recorded frames as an animation (.gif, or .mp4 with imageio-ffmpeg).",
+)
+@click.option("--fps", type=float, default=10.0, show_default=True, help="Animation frame rate.")
+@click.option(
+    "--all",
+    "all_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Instead: write every variable's PNG (and fractal.gif) into this directory.",
+)
+@_errors
+def render_(
+    store: str,
+    var: str,
+    out: str | None,
+    slices: tuple[str, ...],
+    dims: str | None,
+    project: str | None,
+    scale: int | None,
+    animation: str | None,
+    fps: float,
+    all_dir: str | None,
+) -> None:
+    """Draw STORE's variables as PNG images and animations."""
+    from gridflow.render import render, render_all
+
+    if all_dir is not None:
+        written = list(render_all(store, all_dir, scale=scale, fps=fps).values())
+    else:
+        written = render(
+            store,
+            var,
+            out,
+            slices=list(slices),
+            dims=dims,
+            project=project,
+            scale=scale,
+            animation=animation,
+            fps=fps,
+        )
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 @main.command("predict")

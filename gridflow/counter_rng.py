@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike
 
 from gridflow.errors import ParameterError
 
-__all__ = ["integers", "random_bits", "uniform"]
+__all__ = ["integers", "random_bits", "stream_key", "uniform"]
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -88,6 +88,21 @@ def _key(seed: int, stream: int) -> int:
     stream = _parse_int(stream, "stream")
     inner = _mix_int((seed + _SEED_SALT) & _MASK64)
     return _mix_int(inner ^ (stream & _MASK64) ^ _STREAM_SALT)
+
+
+def stream_key(seed: int, stream: int) -> int:
+    """The 64-bit key of ``(seed, stream)``: ``bits = mix(key + index * G)``.
+
+    For compiled kernels that hash inline: with ``G = 0x9E3779B97F4A7C15``
+    and ``mix`` the finaliser described in the module docstring, they
+    reproduce :func:`random_bits` bit for bit.
+
+    Examples
+    --------
+    >>> 0 <= stream_key(42, 7) < 2**64
+    True
+    """
+    return _key(seed, stream)
 
 
 def _draw(seed: int, stream: int, index: ArrayLike, dtype: Any, finish: Any) -> Any:
