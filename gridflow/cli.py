@@ -489,7 +489,11 @@ def evaluate_(
     default=None,
     help="Directory relative paths of the file start from (default: the current one).",
 )
-@click.option("--check", is_flag=True, help="Validate the file and print the stages; run nothing.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate the file, print the stages (and a slurm/pbs job script); run nothing.",
+)
 @click.pass_context
 @_errors
 def run_(
@@ -515,6 +519,11 @@ def run_(
     check_outputs(pipeline, resume=resume, overwrite=overwrite)
     if check:
         click.echo(f"ok: {pipeline.describe()}")
+        from gridflow.runtime import JOBQUEUE, job_script
+
+        if pipeline.scheduler.scheduler in JOBQUEUE:
+            click.echo(f"each of the {pipeline.scheduler.jobs or 1} worker job(s) would run:")
+            click.echo(job_script(pipeline.scheduler))
         return
     with _cluster(ctx, pipeline.scheduler):
         results = run_pipeline(pipeline, resume=resume, overwrite=overwrite)

@@ -38,7 +38,15 @@ from typing import Any
 
 from gridflow.errors import MissingDependencyError, ParameterError
 
-__all__ = ["JOBQUEUE", "SchedulerOptions", "client", "job_script", "worker_memory"]
+__all__ = [
+    "JOBQUEUE",
+    "SchedulerOptions",
+    "active_client",
+    "client",
+    "dashboard_link",
+    "job_script",
+    "worker_memory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +183,8 @@ def _local(opts: SchedulerOptions) -> Iterator[Any]:
 
     kwargs: dict[str, Any] = {
         "dashboard_address": "127.0.0.1:0",
+        # Each worker serves its own HTTP status page: on all interfaces unless told.
+        "worker_dashboard_address": "127.0.0.1:0",
         "memory_limit": opts.memory_limit if opts.memory_limit is not None else "auto",
     }
     if opts.workers is None:
@@ -191,8 +201,20 @@ def _local(opts: SchedulerOptions) -> Iterator[Any]:
             **kwargs,
         )
     with cluster, Client(cluster) as c:
-        log.info("local Dask cluster: %s (dashboard %s)", c.scheduler.address, c.dashboard_link)
+        log.info("local Dask cluster: %s (dashboard %s)", c.scheduler.address, dashboard_link(c))
         yield c
+
+
+def dashboard_link(c: Any) -> str:
+    """The dashboard's address as it is bound: 127.0.0.1 for a local cluster.
+
+    Dask's own ``dashboard_link`` names the host's address even where the
+    dashboard listens on loopback only.
+    """
+    port = c.scheduler_info().get("services", {}).get("dashboard")
+    if port and c.scheduler.address.startswith(("inproc://", "tcp://127.0.0.1:")):
+        return f"http://127.0.0.1:{port}/status"
+    return c.dashboard_link
 
 
 def _jobqueue_cluster(opts: SchedulerOptions) -> Any:
@@ -320,6 +342,7 @@ def _gpu(opts: SchedulerOptions) -> Iterator[Any]:
     kwargs: dict[str, Any] = {
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",
+        "worker_dashboard_address": "127.0.0.1:0",
         "threads_per_worker": opts.threads or 1,
     }
     if opts.workers is not None:
@@ -331,7 +354,7 @@ def _gpu(opts: SchedulerOptions) -> Iterator[Any]:
             "dask-cuda: %d GPU worker(s), scheduler %s (dashboard %s)",
             len(c.scheduler_info()["workers"]),
             c.scheduler.address,
-            c.dashboard_link,
+            dashboard_link(c),
         )
         yield c
 
