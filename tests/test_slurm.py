@@ -115,3 +115,39 @@ def test_workers_are_slurm_jobs_started_by_dask_jobqueue(tmp_path, in_process, m
     assert "slurm: submitting 2 job(s)" in job.stderr
     assert_same_store(in_process, work.joinpath(*STORE))
     assert open_grid(work.joinpath(*STORE)).attrs["gridflow_pipeline"]["scheduler"] == "slurm"
+
+
+def test_deploy_jobqueue_script_scales_to_n_jobs(tmp_path, in_process):
+    # deploy/jobqueue.yaml as a user would edit it: account and partition,
+    # and sizes that fit this small test node.
+    text = (ROOT / "deploy" / "jobqueue.yaml").read_text()
+    slurm = text.split("  pbs:")[0]
+    for old, new in [
+        ("queue: compute ", "queue: debug "),
+        ("account: YOUR_ACCOUNT ", "account: gridflow-ci "),
+        ("cores: 16 ", "cores: 1 "),
+        ("memory: 64GB ", "memory: 2GB "),
+        ("processes: 4 ", "processes: 1 "),
+        ("interface: null ", "interface: lo "),
+        ("local-directory: $TMPDIR", f"local-directory: {tmp_path}"),
+    ]:
+        assert old in slurm
+        slurm = slurm.replace(old, new)
+    config = tmp_path / "dask"
+    config.mkdir()
+    (config / "jobqueue.yaml").write_text(slurm)
+    work = tmp_path / "work"
+    work.mkdir()
+    job = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "jobqueue.sh"), "2", "slurm", str(EXAMPLE)],
+        env={**_env(), "DASK_CONFIG": str(config), "GRIDFLOW_VENV": sys.prefix},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=work,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "each of the 2 worker job(s) would run" in job.stdout
+    assert "slurm: submitting 2 job(s)" in job.stderr
+    assert len(list((work / "gridflow-worker-logs").glob("*.out"))) == 2
+    assert_same_store(in_process, work.joinpath(*STORE))
