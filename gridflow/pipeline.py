@@ -237,11 +237,13 @@ INTS = Either(POSITIVE, ListOf(POSITIVE))
 class Stage:
     """One entry of the stage registry.
 
-    ``run(ctx, params)`` does the work (``params`` validated by ``params``
-    schema, defaults not filled in); ``inputs(params)`` names the pipeline
-    inputs it reads, ``writes(params)`` those it generates; ``multi_round``
-    stages checkpoint their rounds in the store, so ``resume`` continues
-    them. ``order`` places it in the pipeline.
+    ``run(ctx, params)`` does the work and returns a summary line
+    (``params`` checked by the ``params`` schema, defaults not filled in);
+    ``inputs(params)`` names the pipeline inputs it reads, ``writes(params)``
+    those it generates, ``outputs`` the ``outputs:`` entries it writes;
+    ``needs_store`` is False for a stage that runs before the store exists.
+    ``order`` places it in the pipeline; ``function`` is the library
+    function a :func:`grid_stage` calls.
     """
 
     name: str
@@ -250,9 +252,9 @@ class Stage:
     order: int
     inputs: Callable[[dict], list[str]] = lambda params: []
     writes: Callable[[dict], list[str]] = lambda params: []
-    multi_round: bool = False
     needs_store: bool = True
     outputs: tuple[str, ...] = ()
+    function: str | Callable[..., Any] | None = None
 
 
 @dataclass
@@ -261,7 +263,6 @@ class Context:
 
     pipeline: Pipeline
     resume: bool
-    overwrite: bool
 
     def path(self, p: str) -> str:
         return self.pipeline.path(p)
@@ -283,7 +284,6 @@ def grid_stage(
     params: Mapping[str, Check],
     *,
     order: int,
-    multi_round: bool = True,
 ) -> Stage:
     """A stage that runs ``function(store, **params)`` on the output store in place.
 
@@ -309,7 +309,7 @@ def grid_stage(
         steps = f"{record['steps']} steps" if "steps" in record else "done"
         return f"{steps} in {ctx.store}"
 
-    return Stage(name, run, params, order, multi_round=multi_round)
+    return Stage(name, run, params, order, function=function)
 
 
 def _resolve(function: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -379,7 +379,7 @@ def _bin(ctx: Context, p: dict) -> str:
     ds = bin_points(
         ctx.input(p.get("input", "train")),
         ctx.store,
-        overwrite=True,  # checked before the run: see Pipeline.check_outputs
+        overwrite=True,  # refused before the run where not allowed: check_outputs
         **grid,
         **{k: v for k, v in p.items() if k != "input"},
     )
@@ -819,7 +819,7 @@ def run_pipeline(
             os.makedirs(os.path.dirname(pipeline.path(config["outputs"][name])), exist_ok=True)
     for name in config.get("inputs", {}):
         os.makedirs(os.path.dirname(pipeline.path(config["inputs"][name])), exist_ok=True)
-    ctx = Context(pipeline, resume, overwrite)
+    ctx = Context(pipeline, resume)
     previous = (_recorded(ctx.store) if resume else {}).get("done", {})
     done: dict[str, str] = {}
     results = []
