@@ -45,6 +45,7 @@ test-hpc: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_binning.py
 	$(PY) benchmarks/bench_classify.py
+	$(PY) benchmarks/bench_scaling.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gridflow tests benchmarks

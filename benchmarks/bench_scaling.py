@@ -36,14 +36,33 @@ def _grid(text: str) -> tuple[tuple[int, ...], int, int]:
     return tuple(int(s) for s in shape.split("x")), int(classes), int(window)
 
 
-def seeded_labels(shape, nclasses, fraction=0.05, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    labels = np.full(shape, -1, dtype=np.int32)
-    flat = labels.reshape(-1)
-    n = int(flat.size * fraction)
-    cells = rng.choice(flat.size, n, replace=False)
-    flat[cells] = rng.integers(0, nclasses, n)
-    return labels
+def _labels_block(block, shape, nclasses, fraction, seed, block_info=None):
+    """Seeded labels of one block: a pure function of the global cell index."""
+    from gridflow.counter_rng import uniform
+
+    loc = block_info[None]["array-location"] if block_info else [(0, n) for n in shape]
+    index = np.ravel_multi_index(
+        np.meshgrid(*[np.arange(a, b) for a, b in loc], indexing="ij"), shape
+    )
+    u = uniform(seed, 0, index)
+    return np.where(u < fraction, (u / fraction * nclasses).astype(np.int32), -1).astype(np.int32)
+
+
+def seeded_labels(shape, nclasses, chunks=None, fraction=0.05, seed=0):
+    """A ``fraction`` of cells labeled at random: NumPy, or a dask array built on the workers."""
+    if chunks is None:
+        return _labels_block(None, shape, nclasses, fraction, seed)
+    import dask.array as da
+
+    return da.map_blocks(
+        _labels_block,
+        da.empty(shape, chunks=chunks, dtype=np.int8),
+        shape,
+        nclasses,
+        fraction,
+        seed,
+        dtype=np.int32,
+    )
 
 
 def digest(a: np.ndarray) -> str:
@@ -82,7 +101,6 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
 
     import dask
-    import dask.array as da
     import psutil
 
     import gridflow
@@ -100,12 +118,12 @@ def main() -> None:
     rows = []
     for shape, nclasses, window in grids:
         kernel = parse_kernel("inverse_distance", window=window, ndim=len(shape))
-        labels = seeded_labels(shape, nclasses)
-        cells = labels.size
+        cells = int(np.prod(shape))
         name = f"{'x'.join(map(str, shape))} x {nclasses} classes, w={window}"
         reference = None
         numpy_step = None
         if cells <= args.numpy_max_cells:
+            labels = seeded_labels(shape, nclasses)
             numpy_s, out = best(
                 lambda labels=labels, kernel=kernel, nclasses=nclasses: run_numpy(
                     labels, nclasses=nclasses, kernel=kernel, iterations=args.iterations
@@ -114,6 +132,7 @@ def main() -> None:
             )
             reference = digest(out[0])
             numpy_step = numpy_s / args.iterations
+            del labels, out
             rows.append((name, "NumPy run_numpy, 1 process", "-", "-", numpy_step, 1.0, "ref"))
             print(f"{name}: numpy {numpy_step:.3f} s/step", flush=True)
         plan = None
@@ -130,8 +149,7 @@ def main() -> None:
                         threads=1,
                     )
                 chunks = plan.chunks
-                x = da.from_array(labels, chunks=chunks)
-                (x,) = dask.persist(x)
+                (x,) = dask.persist(seeded_labels(shape, nclasses, chunks))
                 for mode, fuse in (("unfused", 1), ("fused", None)):
 
                     def go(x=x, fuse=fuse, kernel=kernel, nclasses=nclasses):

@@ -62,7 +62,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Worker processes: of the local cluster (default: one in-process worker), of the "
     "GPU cluster (default: one per GPU), or per slurm/pbs job.",
 )
-@click.option("--threads", type=int, default=None, help="Threads per worker.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Threads per worker (local, mpi, gpu; slurm/pbs: cores / workers).",
+)
 @click.option(
     "--memory-limit", default=None, help="Memory per local worker, or per slurm/pbs job: 4GB."
 )
