@@ -797,6 +797,71 @@ def check_outputs(pipeline: Pipeline, *, resume: bool, overwrite: bool) -> None:
             raise ConfigError(f"{key}: {path} already exists; {hint} (or --resume)")
 
 
+def memory_plan(
+    pipeline: Pipeline, *, memory: float | None = None, threads: int | None = None
+) -> Any:
+    """The planner's view of the pipeline's classification, before any work.
+
+    Needs the grid's shape and classes from the file (``grid.bins`` and the
+    synth stage's ``dims``/``classes``, or ``grid.columns``) or from an
+    existing store; returns None when they are known only after binning
+    (classify plans again when it starts). Warns with
+    :class:`~gridflow.errors.MemoryPlanWarning` when nothing fits.
+    ``memory`` and ``threads`` default to the active cluster's workers.
+    """
+    from gridflow.planner import plan_filter
+
+    config = pipeline.config
+    if "classify" not in config["stages"]:
+        return None
+    grid = config.get("grid", {})
+    synth = config["stages"].get("synth")
+    ndim = nclasses = None
+    if synth is not None:
+        ndim, nclasses = synth.get("dims", 2), synth.get("classes", 5)
+    elif isinstance(grid.get("columns"), list):
+        ndim = len(grid["columns"])
+    store = pipeline.path(config["outputs"]["store"])
+    if "bin" not in config["stages"] or (ndim is not None and nclasses is None):
+        from gridflow.store import is_gridflow_store
+
+        if is_gridflow_store(store):
+            import zarr
+
+            counts = zarr.open_group(store, mode="r")["counts"]
+            nclasses = counts.shape[0]
+            if "bin" not in config["stages"]:
+                ndim, bins = len(counts.shape) - 1, list(counts.shape[1:])
+    if ndim is None or nclasses is None:
+        return None
+    if "bin" in config["stages"]:
+        bins = grid["bins"]
+    shape = bins if isinstance(bins, list) else [bins] * ndim
+    if len(shape) != ndim:
+        return None
+    params = config["stages"]["classify"]
+    window = params.get("window", 10)
+    iterations = params.get("iterations", 3)
+    chunks = grid.get("chunks") if "bin" in config["stages"] else None
+    if chunks == "auto" or chunks is None:
+        given = None
+    else:
+        given = chunks if isinstance(chunks, list) else [chunks] * ndim
+    plan = plan_filter(
+        shape,
+        nclasses,
+        [window] * ndim,
+        iterations=params.get("max_iter", 100) if iterations == "auto" else iterations,
+        chunks=given,
+        memory=memory,
+        threads=threads,
+        seed_counts=params.get("seed") == "counts",
+        clamp=params.get("clamp", False),
+    )
+    log.info("memory plan for classify: %s", plan.summary())
+    return plan
+
+
 def run_pipeline(
     pipeline: Pipeline, *, resume: bool = False, overwrite: bool = False
 ) -> list[StageResult]:
@@ -813,6 +878,7 @@ def run_pipeline(
     from gridflow.store import history_line
 
     check_outputs(pipeline, resume=resume, overwrite=overwrite)
+    memory_plan(pipeline)  # warns before any work when a worker cannot hold a round
     config = pipeline.config
     for name in ("store", "predictions", "evaluation"):
         if name in config["outputs"]:

@@ -185,3 +185,22 @@ def test_a_new_stage_is_one_registry_entry(tmp_path, monkeypatch):
 def test_config_error_is_a_parameter_error():
     with pytest.raises(ParameterError, match="stages: missing"):
         parse_pipeline({"outputs": {"store": "x.zarr"}})
+
+
+def test_memory_plan_before_any_work(tmp_path):
+    from gridflow.errors import MemoryPlanWarning
+    from gridflow.pipeline import memory_plan
+
+    config = _config(**{"grid.bins": 4096, "grid.chunks": 1024, "stages.classify.window": 10})
+    pipeline = parse_pipeline(config, workdir=tmp_path)
+    plan = memory_plan(pipeline, memory=16e9, threads=4)
+    assert plan.fits and plan.chunks == (1024, 1024) and plan.fuse == 3
+    with pytest.warns(MemoryPlanWarning, match="memory: a worker needs about"):
+        plan = memory_plan(pipeline, memory=1e5, threads=4)
+    assert not plan.fits
+    # Without a synth stage the classes are known only after binning.
+    config["stages"].pop("synth")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.parquet").touch()
+    (tmp_path / "data" / "test.parquet").touch()
+    assert memory_plan(parse_pipeline(config, workdir=tmp_path), memory=1e6, threads=4) is None
