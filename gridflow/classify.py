@@ -258,7 +258,11 @@ def _plan(
     else:
         given = parse_chunks(chunks, spec, nclasses)
         plan = plan_filter(spec.shape, nclasses, k.radius, chunks=given, keep_chunks=True, **task)
-    log.info("classify plan: %s", plan.summary())
+    # Said once per run where it matters: chunks changed to fit (tune calls this often).
+    level = logging.INFO if plan.chunks != stored else logging.DEBUG
+    log.log(
+        level, "classify plan: %s (store chunks %s)", plan.summary(), "x".join(map(str, stored))
+    )
     return plan.chunks, plan.fuse
 
 
