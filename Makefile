@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test test-hpc bench lint format clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,14 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/activate
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# The hpc extra brings dask-jobqueue, dask-mpi, mpi4py and the mpich wheel
+# (mpiexec included): the MPI tests need nothing from the system.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
-	$(PY) -m pip install --quiet -e '.[test,viz]'
+	$(PY) -m pip install --quiet -e '.[test,viz,hpc]'
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
-	$(PY) -m pip install --quiet -e '.[test,viz,bench]'
+	$(PY) -m pip install --quiet -e '.[test,viz,hpc,bench]'
 	touch $@
 
 demo: $(VENV)/.installed-base
@@ -33,10 +35,18 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check gridflow tests benchmarks
 	$(BIN)/pytest -q
 
+# SLURM for real (root only): installs Debian's slurm-wlm and munge, starts a
+# single-node cluster on this machine, submits deploy/slurm.sbatch and runs a
+# pipeline whose workers are SLURM jobs.
+test-hpc: $(VENV)/.installed-test
+	bash .ci/slurm-up
+	GRIDFLOW_TEST_SLURM=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/test_slurm.py
+
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_binning.py
 	$(PY) benchmarks/bench_classify.py
 	$(PY) benchmarks/bench_fractal.py
+	$(PY) benchmarks/bench_scaling.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gridflow tests benchmarks

@@ -39,6 +39,7 @@ from gridflow._binkernel import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kern
 from gridflow.errors import InputDataError, ParameterError
 from gridflow.grid import GridSpec, bounds_from_extrema, parse_bounds
 from gridflow.points import Block, PointSource, open_points
+from gridflow.runtime import active_client, worker_memory
 
 __all__ = ["BinReport", "bin_points", "parse_chunks"]
 
@@ -223,7 +224,7 @@ def parse_chunks(
     never larger than the grid.
     """
     if chunks is None or chunks == "auto":
-        memory, nthreads = _memory_per_task()
+        memory, nthreads = worker_memory()
         # Writing a block holds a few copies of it (encode, compress) per thread.
         target = min(AUTO_CHUNK_BYTES, memory / (16 * nthreads))
         cells = max(1, int(target) // (4 * max(nclasses, 1)))
@@ -405,17 +406,8 @@ def _nested(blocks: np.ndarray) -> list:
     return list(blocks) if blocks.ndim == 1 else [_nested(b) for b in blocks]
 
 
-def _active_client() -> Any:
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def _total_threads() -> int:
-    client = _active_client()
+    client = active_client()
     if client is not None:
         threads = sum(client.nthreads().values())
         if threads:
@@ -423,27 +415,12 @@ def _total_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _memory_per_task() -> tuple[float, int]:
-    """(bytes a worker may use, tasks that run at once in it) on the active scheduler."""
-    client = _active_client()
-    if client is not None:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        limits = [(w.get("memory_limit") or 0, w.get("nthreads", 1)) for w in workers]
-        if limits:
-            limit, nthreads = min(limits)
-            if limit:
-                return float(limit), int(nthreads)
-    import psutil
-
-    return float(psutil.virtual_memory().total), os.cpu_count() or 1
-
-
 def _choose_strategy(strategy: str, grid_bytes: int) -> str:
     if strategy not in ("auto", "tree", "chunked"):
         raise ParameterError(f"strategy: expected 'auto', 'tree' or 'chunked', got {strategy!r}")
     if strategy != "auto":
         return strategy
-    memory, nthreads = _memory_per_task()
+    memory, nthreads = worker_memory()
     # Every thread of a worker holds its chain's grid, and a tree step up to
     # split_every + 1 more (two per thread plus eight is conservative). Keep
     # that under half the worker's memory.

@@ -6,26 +6,33 @@ until the requested number of steps (or, with ``iterations="auto"``, until a
 step labels no new cell and changes at most ``tol`` of the cells). It writes
 ``label``, ``confidence``, ``density`` and optionally ``probability``.
 
-With a store, every round is checkpointed into the store (two alternating
-slots under ``_gridflow_checkpoint/classify``; a small JSON marker naming the
-complete slot is replaced last), so ``resume=True`` continues a killed run
-from its last complete round and gives the identical result. The stage is
-recorded in the store's attributes only after its variables are written.
+With a store, every round is checkpointed into the store
+(:class:`gridflow.checkpoint.RoundCheckpoint`: two alternating slots under
+``_gridflow_checkpoint/classify``; a small JSON marker naming the complete
+slot is replaced last), so ``resume=True`` continues a killed run from its
+last complete round and gives the identical result. The stage is recorded
+in the store's attributes only after its variables are written, with a
+``rounds`` log saying which attempt computed which steps.
+
+The chunks and the steps fused per round come from the memory planner
+(:func:`gridflow.planner.plan_filter`): the store's chunks are kept when a
+worker can hold their rounds, and made smaller when it cannot.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
-import shutil
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import dask
 import dask.array as da
 import numpy as np
 
-from gridflow.errors import ParameterError, StoreError
+from gridflow.checkpoint import RoundCheckpoint
+from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel, parse_kernel
 from gridflow.progress import Progress
 from gridflow.stencil import FinalRound, RoundState, history_entries, run_dask
@@ -33,8 +40,6 @@ from gridflow.stencil import FinalRound, RoundState, history_entries, run_dask
 __all__ = ["classify", "tune"]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "_gridflow_checkpoint"
 
 
 def parse_iterations(iterations: int | str) -> int | None:
@@ -84,6 +89,7 @@ def classify(
     tol: float = 1e-4,
     max_iter: int = 100,
     fuse: int | None = None,
+    chunks: int | Sequence[int] | Literal["auto"] | None = None,
     resume: bool = False,
 ) -> Any:
     """Classify every cell of a grid by iterating the vote filter.
@@ -110,6 +116,11 @@ def classify(
         Keep the cells holding training points at their majority class.
     probabilities : bool
         Also store the vote fractions ``probability`` (class, *dims).
+    chunks : int, sequence of int or "auto", optional
+        Spatial chunks of the run. Default: the grid's own, made smaller
+        only when a worker cannot hold a round of them (see
+        :mod:`gridflow.planner`); ``"auto"``: the planner's choice. Chunking
+        never changes the result.
     resume : bool
         Continue from the store's last complete round.
 
@@ -160,6 +171,12 @@ def classify(
         "weights_sha": _weights_digest(k),
     }
 
+    run_chunks, plan_fuse = _plan(counts, spec, k, boundary, n or max_iter, chunks, seed, clamp)
+    if run_chunks != tuple(c[0] for c in counts.chunks[1:]):
+        counts = counts.rechunk((nclasses, *run_chunks))
+    if plan_fuse is not None:
+        fuse = plan_fuse if fuse is None else min(fuse, plan_fuse)
+
     labels0 = initial_labels(counts)
     history: list[dict[str, float]] = []
     start = None
@@ -168,7 +185,7 @@ def classify(
         ckpt = _Checkpoint(path, params, labels0.shape)
         if resume:
             start, history = ckpt.load()
-            log.info("resuming classify from step %d", start.step)
+            log.info("resuming classify after step %d (attempt %d)", start.step, ckpt.rounds.run)
         else:
             ckpt.clear()
         materialise = ckpt.save
@@ -194,6 +211,8 @@ def classify(
     )
     outputs = _outputs(final, nclasses, probabilities, grid)
     stage = {**params, "steps": final.step, "probabilities": bool(probabilities)}
+    if path is not None:
+        stage["rounds"] = ckpt.rounds.final_round(final.step)
     if path is None:
         computed = dask.persist(*outputs.values(), final.stats)
         stats = None if final.stats is None else dask.compute(computed[-1])[0]
@@ -211,6 +230,51 @@ def _persist(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
     """A round of an in-memory run, persisted on the workers (as run_dask does)."""
     labels, density, stats = dask.persist(state.labels, state.density, stats)
     return RoundState(state.step, labels, density), np.asarray(dask.compute(stats)[0])
+
+
+def _plan(
+    counts: da.Array,
+    spec: Any,
+    k: Kernel,
+    boundary: str,
+    iterations: int,
+    chunks: Any,
+    seed: str,
+    clamp: bool,
+) -> tuple[tuple[int, ...], int | None]:
+    """Chunks of the run and the most steps per round a worker can hold."""
+    from gridflow.binning import parse_chunks
+    from gridflow.planner import plan_filter
+
+    nclasses = counts.shape[0]
+    stored = tuple(c[0] for c in counts.chunks[1:])
+    task = {
+        "iterations": iterations,
+        "seed_counts": seed == "counts",
+        "clamp": clamp,
+        "counts_itemsize": counts.dtype.itemsize,
+    }
+    if chunks is None:
+        if boundary == "periodic" and all(len(c) == 1 for c in counts.chunks[1:]):
+            # A whole periodic grid steps in one block with no halo.
+            zero = (0,) * spec.ndim
+            whole = plan_filter(
+                spec.shape, nclasses, zero, chunks=stored, keep_chunks=True, warn=False, **task
+            )
+            if whole.fits:
+                return stored, None
+        plan = plan_filter(spec.shape, nclasses, k.radius, chunks=stored, **task)
+    elif isinstance(chunks, str) and chunks == "auto":
+        plan = plan_filter(spec.shape, nclasses, k.radius, **task)
+    else:
+        given = parse_chunks(chunks, spec, nclasses)
+        plan = plan_filter(spec.shape, nclasses, k.radius, chunks=given, keep_chunks=True, **task)
+    # Said once per run where it matters: chunks changed to fit (tune calls this often).
+    level = logging.INFO if plan.chunks != stored else logging.DEBUG
+    log.log(
+        level, "classify plan: %s (store chunks %s)", plan.summary(), "x".join(map(str, stored))
+    )
+    return plan.chunks, plan.fuse
 
 
 def _weights_digest(k: Kernel) -> str:
@@ -293,79 +357,29 @@ def _write(path, grid, outputs, final, history, stage, ncells, ckpt) -> Any:
 
 
 class _Checkpoint:
-    """Double-buffered per-round state inside the store."""
+    """classify's rounds (labels and density after each) in a :class:`RoundCheckpoint`."""
 
     def __init__(self, path: str, params: dict, shape: tuple[int, ...]) -> None:
-        self.root = os.path.join(path, CHECKPOINT, "classify")
-        self.params = json.loads(json.dumps(params))
-        self.shape = shape
-        self.history: list[dict[str, float]] = []
-
-    @property
-    def marker(self) -> str:
-        return os.path.join(self.root, "state.json")
-
-    def _read(self) -> dict | None:
-        try:
-            with open(self.marker) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
+        self.rounds = RoundCheckpoint(path, "classify", params)
+        self.ncells = math.prod(shape)
 
     def clear(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.rounds.clear()
 
     def load(self) -> tuple[RoundState, list[dict[str, float]]]:
-        state = self._read()
-        if state is None:
-            raise StoreError(
-                f"resume: no complete classify round is checkpointed in {os.path.dirname(self.root)}; "
-                "run without --resume"
-            )
-        if state["params"] != self.params:
-            raise StoreError(
-                "resume: the checkpoint was made with other parameters "
-                f"({state['params']}); rerun with those or without --resume"
-            )
-        slot = os.path.join(self.root, state["slot"])
-        labels = da.from_zarr(os.path.join(slot, "labels"))
-        density = da.from_zarr(os.path.join(slot, "density"))
-        self.history = list(state["history"])
-        return RoundState(state["step"], labels, density), list(state["history"])
+        saved = self.rounds.load()
+        state = RoundState(saved.step, saved.arrays["labels"], saved.arrays["density"])
+        return state, saved.history
 
     def save(self, state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
-        import zarr
+        def entries(counts: Any) -> list[dict[str, float]]:
+            counts = np.asarray(counts)
+            return history_entries(state.step - counts.shape[1] + 1, counts, self.ncells)
 
-        # Zarr groups, so readers of the store see a valid hierarchy.
-        zarr.open_group(os.path.dirname(self.root), mode="a", zarr_format=3)
-        zarr.open_group(self.root, mode="a", zarr_format=3)
-        previous = self._read()
-        slot = "b" if previous is not None and previous["slot"] == "a" else "a"
-        base = os.path.join(self.root, slot)
-        targets = {"labels": state.labels, "density": state.density}
-        writes = [
-            da.to_zarr(a, os.path.join(base, name), overwrite=True, compute=False)
-            for name, a in targets.items()
-        ]
-        *_, counts = dask.compute(*writes, stats)
-        counts = np.asarray(counts)
-        first = state.step - counts.shape[1] + 1
-        self.history = (previous or {}).get("history", []) + history_entries(
-            first, counts, int(np.prod(self.shape))
+        arrays, counts = self.rounds.save(
+            state.step, {"labels": state.labels, "density": state.density}, stats, entries
         )
-        tmp = self.marker + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(
-                {"step": state.step, "slot": slot, "params": self.params, "history": self.history},
-                f,
-            )
-        os.replace(tmp, self.marker)  # the round counts as done only now
-        loaded = RoundState(
-            state.step,
-            da.from_zarr(os.path.join(base, "labels")),
-            da.from_zarr(os.path.join(base, "density")),
-        )
-        return loaded, counts
+        return RoundState(state.step, arrays["labels"], arrays["density"]), np.asarray(counts)
 
 
 def tune(

@@ -49,17 +49,34 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--scheduler",
     default=None,
-    metavar="ADDRESS",
+    metavar="SCHEDULER",
     help="Dask scheduler: 'local' (default: an in-process cluster on 127.0.0.1), "
-    "an address tcp://host:port, or a scheduler file (.json).",
+    "'slurm' or 'pbs' (workers are batch jobs, dask-jobqueue), 'mpi' (inside mpiexec/srun, "
+    "dask-mpi), 'gpu' (dask-cuda), an address tcp://host:port or tls://host:port, or a "
+    "scheduler file (.json).",
 )
 @click.option(
     "--workers",
     type=int,
     default=None,
-    help="Worker processes of the local cluster (default: one in-process worker).",
+    help="Worker processes: of the local cluster (default: one in-process worker), of the "
+    "GPU cluster (default: one per GPU), or per slurm/pbs job.",
 )
-@click.option("--memory-limit", default=None, help="Memory limit per local worker, e.g. 4GB.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Threads per worker (local, mpi, gpu; slurm/pbs: cores / workers).",
+)
+@click.option(
+    "--memory-limit", default=None, help="Memory per local worker, or per slurm/pbs job: 4GB."
+)
+@click.option("--cores", type=int, default=None, help="Cores per slurm/pbs job.")
+@click.option("--jobs", type=int, default=None, help="slurm/pbs jobs to submit (default 1).")
+@click.option("--walltime", default=None, help="Walltime of a slurm/pbs job: 01:00:00.")
+@click.option("--queue", default=None, help="slurm partition or pbs queue.")
+@click.option("--account", default=None, help="slurm/pbs account to charge.")
+@click.option("--interface", default=None, help="Network interface of mpi/slurm/pbs workers: ib0.")
 @click.option(
     "--log-level",
     default="info",
@@ -73,15 +90,11 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     "Default: a bar on a terminal, else a log line every 10 s.",
 )
 @click.pass_context
-def main(
-    ctx: click.Context,
-    scheduler: str | None,
-    workers: int | None,
-    memory_limit: str | None,
-    log_level: str,
-    progress: bool | None,
-) -> None:
-    """Classify and cluster huge point datasets with image convolution filters."""
+def main(ctx: click.Context, log_level: str, progress: bool | None, **scheduler: Any) -> None:
+    """Classify and cluster huge point datasets with image convolution filters.
+
+    slurm and pbs settings not given here come from ~/.config/dask/jobqueue.yaml.
+    """
     from gridflow.progress import set_progress
 
     logging.basicConfig(
@@ -90,24 +103,25 @@ def main(
         datefmt="%H:%M:%S",
     )
     set_progress(progress)
-    ctx.obj = {"scheduler": scheduler, "workers": workers, "memory_limit": memory_limit}
+    ctx.obj = {"scheduler": scheduler}
 
 
-def _cluster(ctx: click.Context) -> Any:
+def _cluster(ctx: click.Context, options: Any = None) -> Any:
+    """The ``with`` block's Dask client: ``options`` (SchedulerOptions) or the global options."""
     # Dask's own chatter (cluster start and stop) is noise below debug level;
     # distributed sets its loggers' levels when imported, so set them after.
     import distributed  # noqa: F401  (configures its loggers on import)
 
-    from gridflow.runtime import client
+    from gridflow.runtime import SchedulerOptions, client
 
     quiet = max(logging.WARNING, logging.getLogger().level)
     for name in list(logging.root.manager.loggerDict):
         if name.split(".")[0] in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(quiet)
-
-    return client(
-        ctx.obj["scheduler"], workers=ctx.obj["workers"], memory_limit=ctx.obj["memory_limit"]
-    )
+    if options is None:
+        given = {k: v for k, v in ctx.obj["scheduler"].items() if v is not None}
+        options = SchedulerOptions(**given)
+    return client(options)
 
 
 @main.command()
@@ -617,6 +631,70 @@ def evaluate_(
             json.dump(ev.to_dict(), f, indent=2, allow_nan=False)
             f.write("\n")
         click.echo(f"wrote {json_out}")
+
+
+@main.command("run")
+@click.argument("pipeline_file", metavar="PIPELINE.yaml", type=click.Path())
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a value of the file, e.g. --set stages.classify.window=5 (repeatable).",
+)
+@click.option("--resume", is_flag=True, help="Skip finished stages, continue the last round.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that exist.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory relative paths of the file start from (default: the current one).",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate the file, print the stages (and a slurm/pbs job script); run nothing.",
+)
+@click.pass_context
+@_errors
+def run_(
+    ctx: click.Context,
+    pipeline_file: str,
+    overrides: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+    workdir: str | None,
+    check: bool,
+) -> None:
+    """Run the whole pipeline of PIPELINE.yaml (inputs, grid, stages, outputs, scheduler).
+
+    Global options (--scheduler, --workers, --memory-limit, ...) override the
+    file's scheduler section; the whole file is validated before any work.
+    """
+    from gridflow.pipeline import check_outputs, load_pipeline, run_pipeline
+
+    t0 = time.perf_counter()
+    pipeline = load_pipeline(
+        pipeline_file, workdir=workdir, overrides=overrides, scheduler=ctx.obj["scheduler"]
+    )
+    check_outputs(pipeline, resume=resume, overwrite=overwrite)
+    if check:
+        click.echo(f"ok: {pipeline.describe()}")
+        from gridflow.runtime import JOBQUEUE, job_script
+
+        if pipeline.scheduler.scheduler in JOBQUEUE:
+            click.echo(f"each of the {pipeline.scheduler.jobs or 1} worker job(s) would run:")
+            click.echo(job_script(pipeline.scheduler))
+        return
+    with _cluster(ctx, pipeline.scheduler):
+        results = run_pipeline(pipeline, resume=resume, overwrite=overwrite)
+    for r in results:
+        head, *rest = r.summary.splitlines() or [""]
+        took = "" if r.skipped else f" ({r.seconds:.1f} s)"
+        click.echo(f"{r.name}: {head}{took}")
+        for line in rest:
+            click.echo(f"  {line}")
+    click.echo(f"pipeline {pipeline.source} done in {time.perf_counter() - t0:.1f} s")
 
 
 @main.command()

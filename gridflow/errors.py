@@ -11,6 +11,8 @@ __all__ = [
     "GridflowError",
     "GridflowWarning",
     "InputDataError",
+    "MemoryPlanWarning",
+    "MissingDependencyError",
     "ParameterError",
     "StoreError",
 ]
@@ -32,5 +34,13 @@ class StoreError(GridflowError):
     """A Zarr store is missing, foreign, from a newer format, or lacks a stage."""
 
 
+class MissingDependencyError(GridflowError, ImportError):
+    """An optional dependency (dask-jobqueue, dask-mpi, dask-cuda, ...) is not installed."""
+
+
 class GridflowWarning(UserWarning):
     """Warnings issued by gridflow (turned into errors by the test suite)."""
+
+
+class MemoryPlanWarning(GridflowWarning):
+    """A run's estimated peak memory per worker exceeds what a worker has."""

@@ -1,11 +1,30 @@
 """The Dask client a gridflow command runs on.
 
-By default an in-process :class:`distributed.LocalCluster`: scheduler and
-one worker with a thread per core live in this process and talk over
-``inproc://`` (no network socket; the dashboard listens on 127.0.0.1 only).
-The compiled kernels release the GIL, and nothing is serialised. ``workers=N`` starts N worker
-processes instead; ``scheduler`` connects to a running cluster by address
-(``tcp://host:8786``, ``tls://...``) or scheduler file (a ``.json`` path).
+``scheduler`` chooses the cluster (DESIGN §4, §5):
+
+``None`` / ``"local"``
+    An in-process :class:`distributed.LocalCluster`: scheduler and one worker
+    with a thread per core live in this process and talk over ``inproc://``
+    (no network socket; the dashboard listens on 127.0.0.1 only).
+    ``workers=N`` starts N worker processes instead, all on 127.0.0.1.
+``"tcp://host:8786"``, ``"tls://..."``
+    A running scheduler; TLS certificates come from Dask's configuration
+    (``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``)
+    or ``security``.
+``"scheduler.json"``
+    A running scheduler found through its scheduler file.
+``"slurm"``, ``"pbs"``
+    Workers are batch jobs submitted by dask-jobqueue; cores, memory,
+    walltime, queue and account come from the options given here or from
+    ``~/.config/dask/jobqueue.yaml``.
+``"mpi"``
+    Inside ``mpiexec``/``srun``: dask-mpi makes rank 0 the scheduler, rank 1
+    runs the command, every other rank is a worker. On ranks other than 1,
+    :func:`client` serves until the command ends, then raises ``SystemExit(0)``.
+``"gpu"``
+    dask-cuda's LocalCUDACluster: one worker per visible GPU, on 127.0.0.1.
+
+Optional dependencies are imported only when their scheduler is chosen.
 """
 
 from __future__ import annotations
@@ -14,78 +33,356 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from gridflow.errors import ParameterError
+from gridflow.errors import MissingDependencyError, ParameterError
 
-__all__ = ["client"]
+__all__ = [
+    "JOBQUEUE",
+    "SchedulerOptions",
+    "active_client",
+    "client",
+    "dashboard_link",
+    "job_script",
+    "worker_memory",
+]
 
 log = logging.getLogger(__name__)
+
+#: Scheduler names backed by dask-jobqueue, and their cluster classes.
+JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+_NAMED = ("local", "mpi", "gpu", *JOBQUEUE)
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """Where and how big: the ``scheduler`` section of a pipeline, or the global options.
+
+    ``None`` means "not given": the scheduler's own default, or for
+    ``slurm``/``pbs`` the value in ``jobqueue.yaml``.
+    """
+
+    scheduler: str = "local"
+    workers: int | None = None
+    threads: int | None = None
+    memory_limit: str | int | None = None
+    cores: int | None = None
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    jobs: int | None = None
+    interface: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads", "cores", "jobs"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ParameterError(f"{name}: expected a positive integer, got {value!r}")
+        s = self.scheduler or "local"
+        object.__setattr__(self, "scheduler", s)
+        if not (s in _NAMED or s.endswith(".json") or "://" in s):
+            raise ParameterError(
+                "scheduler: expected 'local', 'slurm', 'pbs', 'mpi', 'gpu', an address "
+                f"(tcp://host:port, tls://host:port) or a scheduler file (.json), got {s!r}"
+            )
+
+    def replace(self, **changes: Any) -> SchedulerOptions:
+        """A copy with the given options changed; ``None`` values change nothing."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return SchedulerOptions(**{**asdict(self), **given})
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _require(module: str, scheduler: str, package: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"scheduler {scheduler}: needs {package} ({exc}); install it with "
+            f"pip install 'gridflow[{extra}]'"
+        ) from None
 
 
 @contextlib.contextmanager
 def client(
-    scheduler: str | None = None,
+    scheduler: str | SchedulerOptions | None = None,
     *,
-    workers: int | None = None,
-    memory_limit: str | int | None = None,
+    security: Any = None,
+    **options: Any,
 ) -> Iterator[Any]:
     """Start or connect to a Dask cluster for the duration of a ``with`` block.
 
     Parameters
     ----------
-    scheduler : str, optional
-        None or ``"local"`` for a LocalCluster on 127.0.0.1; a scheduler
-        address (``tcp://...``, ``tls://...``); or a scheduler file path.
-    workers : int, optional
-        Worker processes of the LocalCluster; default one in-process worker
-        with a thread per core.
-    memory_limit : str or int, optional
-        Memory limit per worker of the LocalCluster (``"4GB"``).
+    scheduler : str or SchedulerOptions, optional
+        ``None``/``"local"``, ``"slurm"``, ``"pbs"``, ``"mpi"``, ``"gpu"``, a
+        scheduler address (``tcp://...``, ``tls://...``) or a scheduler file
+        (``.json``); see the module docstring.
+    security : distributed.Security, optional
+        TLS credentials for a ``tls://`` address (default: Dask's configuration).
+    **options
+        Fields of :class:`SchedulerOptions`: ``workers`` (worker processes of
+        a local or GPU cluster), ``threads`` (per worker), ``memory_limit``
+        (per worker, ``"4GB"``; per job for slurm/pbs), ``cores``,
+        ``walltime``, ``queue``, ``account``, ``jobs`` (slurm/pbs),
+        ``interface`` (network interface of mpi/slurm/pbs, e.g. ``ib0``).
 
     Examples
     --------
     >>> with client() as c:  # doctest: +SKIP
     ...     print(c.dashboard_link)
     """
+    if isinstance(scheduler, SchedulerOptions):
+        opts = scheduler.replace(**options)
+    else:
+        opts = SchedulerOptions(scheduler=scheduler or "local", **options)
+    s = opts.scheduler
+    if s == "local":
+        with _local(opts) as c:
+            yield c
+    elif s in JOBQUEUE:
+        with _jobqueue(opts) as c:
+            yield c
+    elif s == "mpi":
+        with _mpi(opts) as c:
+            yield c
+    elif s == "gpu":
+        with _gpu(opts) as c:
+            yield c
+    elif s.endswith(".json"):
+        from distributed import Client
+
+        if not os.path.exists(s):
+            raise ParameterError(f"scheduler: the scheduler file {s} does not exist")
+        with Client(scheduler_file=s, security=security) as c:
+            log.info("connected through %s (dashboard %s)", s, c.dashboard_link)
+            yield c
+    else:
+        from distributed import Client
+
+        with Client(s, security=security) as c:
+            log.info("connected to %s (dashboard %s)", s, c.dashboard_link)
+            yield c
+
+
+def _threads(opts: SchedulerOptions, workers: int) -> int:
+    return opts.threads or max(1, (os.cpu_count() or 1) // workers)
+
+
+@contextlib.contextmanager
+def _local(opts: SchedulerOptions) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
-    if scheduler in (None, "", "local"):
-        cores = os.cpu_count() or 1
-        if workers is not None and workers < 1:
-            raise ParameterError(f"workers: expected a positive number, got {workers}")
-        kwargs: dict[str, Any] = {
-            "dashboard_address": "127.0.0.1:0",
-            "memory_limit": memory_limit if memory_limit is not None else "auto",
-        }
-        if workers is None:
-            # In-process: scheduler and worker talk over inproc://, no socket.
-            cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=cores, **kwargs)
-        else:
-            cluster = LocalCluster(
-                host="127.0.0.1",
-                processes=True,
-                n_workers=workers,
-                threads_per_worker=max(1, cores // workers),
-                **kwargs,
+    kwargs: dict[str, Any] = {
+        "dashboard_address": "127.0.0.1:0",
+        # Each worker serves its own HTTP status page: on all interfaces unless told.
+        "worker_dashboard_address": "127.0.0.1:0",
+        "memory_limit": opts.memory_limit if opts.memory_limit is not None else "auto",
+    }
+    if opts.workers is None:
+        # In-process: scheduler and worker talk over inproc://, no socket.
+        cluster = LocalCluster(
+            processes=False, n_workers=1, threads_per_worker=_threads(opts, 1), **kwargs
+        )
+    else:
+        cluster = LocalCluster(
+            host="127.0.0.1",
+            processes=True,
+            n_workers=opts.workers,
+            threads_per_worker=_threads(opts, opts.workers),
+            **kwargs,
+        )
+    with cluster, Client(cluster) as c:
+        log.info("local Dask cluster: %s (dashboard %s)", c.scheduler.address, dashboard_link(c))
+        yield c
+
+
+def dashboard_link(c: Any) -> str:
+    """The dashboard's address as it is bound: 127.0.0.1 for a local cluster.
+
+    Dask's own ``dashboard_link`` names the host's address even where the
+    dashboard listens on loopback only.
+    """
+    port = c.scheduler_info().get("services", {}).get("dashboard")
+    if port and c.scheduler.address.startswith(("inproc://", "tcp://127.0.0.1:")):
+        return f"http://127.0.0.1:{port}/status"
+    return c.dashboard_link
+
+
+def _jobqueue_cluster(opts: SchedulerOptions) -> Any:
+    """The dask-jobqueue cluster object (a scheduler in this process, no job yet)."""
+    import dask
+
+    jq = _require("dask_jobqueue", opts.scheduler, "dask-jobqueue", "hpc")
+    cls = getattr(jq, JOBQUEUE[opts.scheduler])
+    section = f"jobqueue.{opts.scheduler}"
+    for name, config in (("cores", "cores"), ("memory_limit", "memory")):
+        if getattr(opts, name) is None and dask.config.get(f"{section}.{config}", None) is None:
+            flag = name.replace("_", "-")
+            raise ParameterError(
+                f"{name}: scheduler {opts.scheduler} needs the {config} of one job; pass "
+                f"--{flag} (scheduler.{name} in a pipeline) or set {section}.{config} in "
+                "~/.config/dask/jobqueue.yaml"
             )
-        with cluster, Client(cluster) as c:
-            log.info("local Dask cluster: %s (dashboard %s)", c.scheduler.address, c.dashboard_link)
-            yield c
-        return
-    if scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        with Client(scheduler) as c:
-            log.info("connected to %s (dashboard %s)", scheduler, c.dashboard_link)
-            yield c
-        return
-    if scheduler.endswith(".json"):
-        if not os.path.exists(scheduler):
-            raise ParameterError(f"scheduler: the scheduler file {scheduler} does not exist")
-        with Client(scheduler_file=scheduler) as c:
-            log.info("connected through %s (dashboard %s)", scheduler, c.dashboard_link)
-            yield c
-        return
-    raise ParameterError(
-        f"scheduler: expected 'local', an address (tcp://host:port) or a scheduler file "
-        f"(.json), got {scheduler!r}"
+    kwargs: dict[str, Any] = {
+        "cores": opts.cores,
+        "memory": opts.memory_limit,
+        "walltime": opts.walltime,
+        "queue": opts.queue,
+        "account": opts.account,
+        "interface": opts.interface,
+    }
+    if opts.workers is not None:
+        kwargs["processes"] = opts.workers  # worker processes per job
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if opts.interface is None and dask.config.get(f"{section}.interface", None) is None:
+        # Jobs reach the scheduler by this host's name; the dashboard stays local.
+        kwargs["scheduler_options"] = {"dashboard_address": "127.0.0.1:0"}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # dask-jobqueue's own checks (walltime, memory format, ...)
+        raise ParameterError(f"scheduler {opts.scheduler}: {exc}".splitlines()[0]) from None
+
+
+def job_script(scheduler: str | SchedulerOptions, **options: Any) -> str:
+    """The batch script dask-jobqueue would submit for one job of ``slurm``/``pbs``.
+
+    Nothing is submitted: useful to check resources before a run.
+
+    Examples
+    --------
+    >>> print(job_script("pbs", cores=8, memory_limit="32GB", walltime="02:00:00"))  # doctest: +SKIP
+    """
+    opts = (
+        scheduler.replace(**options)
+        if isinstance(scheduler, SchedulerOptions)
+        else SchedulerOptions(scheduler=scheduler, **options)
     )
+    if opts.scheduler not in JOBQUEUE:
+        raise ParameterError(
+            f"scheduler: job scripts exist for {sorted(JOBQUEUE)}, got {opts.scheduler!r}"
+        )
+    with _jobqueue_cluster(opts) as cluster:
+        return cluster.job_script()
+
+
+@contextlib.contextmanager
+def _jobqueue(opts: SchedulerOptions) -> Iterator[Any]:
+    from distributed import Client
+
+    cluster = _jobqueue_cluster(opts)
+    jobs = opts.jobs or 1
+    with cluster, Client(cluster) as c:
+        log.info(
+            "%s: submitting %d job(s) for workers; scheduler %s (dashboard %s)",
+            opts.scheduler,
+            jobs,
+            c.scheduler.address,
+            c.dashboard_link,
+        )
+        log.debug("job script:\n%s", cluster.job_script())
+        cluster.scale(jobs=jobs)
+        # Memory-aware choices (chunks, binning strategy) read the workers.
+        c.wait_for_workers(1)
+        log.info("%s: %d worker(s) up", opts.scheduler, len(c.scheduler_info()["workers"]))
+        yield c
+
+
+@contextlib.contextmanager
+def _mpi(opts: SchedulerOptions) -> Iterator[Any]:
+    _require("mpi4py", "mpi", "mpi4py and an MPI library", "hpc")
+    dask_mpi = _require("dask_mpi", "mpi", "dask-mpi", "hpc")
+    from distributed import Client
+    from mpi4py import MPI
+
+    size = MPI.COMM_WORLD.Get_size()
+    if size < 3:
+        raise ParameterError(
+            f"scheduler mpi: needs at least 3 MPI ranks (scheduler, client, workers), "
+            f"got {size}; launch with mpiexec -n 4 (or srun -n 4)"
+        )
+    is_client = dask_mpi.initialize(
+        interface=opts.interface,
+        nthreads=opts.threads or 1,
+        memory_limit=opts.memory_limit if opts.memory_limit is not None else "auto",
+        exit=False,
+    )
+    if not is_client:
+        raise SystemExit(0)  # the scheduler or a worker: served until rank 1 ended
+    c = Client()
+    try:
+        c.wait_for_workers(size - 2)
+        log.info(
+            "dask-mpi: %d workers, scheduler %s (dashboard %s)",
+            size - 2,
+            c.scheduler.address,
+            c.dashboard_link,
+        )
+        yield c
+    finally:
+        # Ends the scheduler and the workers, so every rank exits.
+        with contextlib.suppress(Exception):
+            c.shutdown()
+        c.close()
+
+
+@contextlib.contextmanager
+def _gpu(opts: SchedulerOptions) -> Iterator[Any]:
+    dask_cuda = _require("dask_cuda", "gpu", "dask-cuda", "gpu")
+    from distributed import Client
+
+    kwargs: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "worker_dashboard_address": "127.0.0.1:0",
+        "threads_per_worker": opts.threads or 1,
+    }
+    if opts.workers is not None:
+        kwargs["n_workers"] = opts.workers
+    if opts.memory_limit is not None:
+        kwargs["memory_limit"] = opts.memory_limit
+    with dask_cuda.LocalCUDACluster(**kwargs) as cluster, Client(cluster) as c:
+        log.info(
+            "dask-cuda: %d GPU worker(s), scheduler %s (dashboard %s)",
+            len(c.scheduler_info()["workers"]),
+            c.scheduler.address,
+            dashboard_link(c),
+        )
+        yield c
+
+
+def active_client() -> Any:
+    """The Dask client of the running ``with client()`` block, or None."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def worker_memory() -> tuple[float, int]:
+    """(bytes one worker may use, tasks it runs at once) on the active scheduler.
+
+    The smallest worker counts; without a client (or limit), this machine's
+    memory and cores.
+    """
+    c = active_client()
+    if c is not None:
+        workers = c.scheduler_info(n_workers=-1)["workers"].values()
+        limits = [(w.get("memory_limit") or 0, w.get("nthreads", 1)) for w in workers]
+        if limits:
+            limit, nthreads = min(limits)
+            if limit:
+                return float(limit), int(nthreads)
+    import psutil
+
+    return float(psutil.virtual_memory().total), os.cpu_count() or 1
