@@ -720,7 +720,11 @@ def info(store: str) -> None:
 @click.pass_context
 @_errors
 def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
-    """Run the main job on the reference data: generate, bin, classify, predict."""
+    """Run the main job on the reference data, every stage, into one folder.
+
+    Generates the reference data, bins it, classifies the grid, runs the
+    fractal classifier, predicts held-out points and draws the results.
+    """
     import os
 
     import numpy as np
@@ -728,7 +732,9 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
 
     from gridflow.binning import bin_points
     from gridflow.classify import classify
+    from gridflow.fractal import fractal
     from gridflow.predict import predict_to_parquet
+    from gridflow.render import render_all
     from gridflow.store import summary
     from gridflow.synth import write_points
 
@@ -737,9 +743,18 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
     test = os.path.join(out_dir, "test.parquet")
     store = os.path.join(out_dir, "grid.zarr")
     predictions = os.path.join(out_dir, "predictions.parquet")
-    timings = {}
+    timings: dict[str, float] = {}
+    stages = ["synth", "bin", "classify", "fractal", "predict", "render"]
+
+    def stage(name: str, what: str) -> None:
+        click.echo(f"[{stages.index(name) + 1}/{len(stages)}] {what}", err=True)
+        timings[name] = time.perf_counter()
+
+    def done(name: str) -> None:
+        timings[name] = time.perf_counter() - timings[name]
+
     with _cluster(ctx):
-        t0 = time.perf_counter()
+        stage("synth", f"generating {n_points:,} training and 100,000 held-out points")
         write_points(points, n_points, dims=2, classes=5, scale=0.15, seed=82431, overwrite=True)
         # Held-out points: the same classes (same shifts), other draws (another seed).
         write_points(
@@ -753,16 +768,22 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
             overwrite=True,
             shifts=_shifts_of(points),
         )
-        timings["synth"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        done("synth")
+        stage("bin", f"binning into a {bins}x{bins} periodic grid")
         bin_points(points, store, bins=bins, overwrite=True)
-        timings["bin"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ds = classify(store, window=10, iterations=3, probabilities=True)
-        timings["classify"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        done("bin")
+        stage("classify", "classifying every cell (window 10, 3 passes)")
+        classify(store, window=10, iterations=3, probabilities=True)
+        done("classify")
+        stage("fractal", "fractal classifier (250 iterations, a frame every 5)")
+        ds = fractal(store, iterations=250, burn_in=50, seed=1, record=5)
+        done("fractal")
+        stage("predict", "predicting the held-out points")
         predict_to_parquet(store, test, predictions, overwrite=True)
-        timings["predict"] = time.perf_counter() - t0
+        done("predict")
+        stage("render", "drawing the grids")
+        images = render_all(store, out_dir)
+        done("render")
         click.echo(summary(ds))
     frame = pd.read_parquet(predictions)
     truth = frame["label"].astype(str).to_numpy()
@@ -773,10 +794,25 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
         f"accuracy on {len(frame):,} held-out points: {accuracy:.2%} (Bayes-optimal: {bayes:.2%})"
     )
     click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
-    click.echo(
-        f"outputs in {out_dir}/: points.parquet (training points), test.parquet "
-        "(held-out points), grid.zarr (grid store), predictions.parquet"
-    )
+    click.echo(f"outputs in {out_dir}/:")
+    click.echo("  points.parquet       training points (x0, x1, label)")
+    click.echo("  test.parquet         held-out points with their Bayes-optimal class")
+    click.echo("  grid.zarr            the grid store: counts, label, confidence, density,")
+    click.echo("                       probability, fractal (and its recorded frames)")
+    click.echo("  predictions.parquet  the held-out points with prediction, probability_*")
+    for name, path in images.items():
+        click.echo(f"  {os.path.relpath(path, out_dir):<20} {_IMAGE_NOTES.get(name, 'image')}")
+
+
+_IMAGE_NOTES = {
+    "label": "classify's label of every cell (one colour per class)",
+    "fractal": "the fractal classifier's labels: fractal class boundaries",
+    "density": "filtered density (grey levels)",
+    "confidence": "winning vote / total vote (grey levels)",
+    "cluster": "clusters of the density (one colour per cluster)",
+    "level": "histogram-equalized density levels (grey levels)",
+    "fractal.gif": "the fractal classifier's iterations, animated",
+}
 
 
 def _shifts_of(points: str) -> list:

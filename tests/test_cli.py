@@ -143,3 +143,32 @@ def test_classify_tune(tmp_path):
     assert r.exit_code == 0, r.output
     assert "tuned: window" in r.output and "held-out accuracy" in r.output
     assert "label" in open_grid(store)
+
+
+def test_demo_end_to_end_at_reduced_size(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    r = run("demo", "--out", out, "--points", 30000, "--bins", 60)
+    assert r.exit_code == 0, r.output
+    for name in (
+        "points.parquet",
+        "test.parquet",
+        "predictions.parquet",
+        "label.png",
+        "fractal.png",
+        "density.png",
+        "fractal.gif",
+    ):
+        assert (out / name).exists(), name
+    ds = open_grid(out / "grid.zarr")
+    assert {"label", "density", "probability", "fractal"} <= set(ds.data_vars)
+    assert (ds["fractal"].values >= 0).all()  # the fractal stage leaves no cell unlabeled
+    with Image.open(out / "label.png") as im:
+        assert im.size[0] >= 60 and im.size[0] % 60 == 0
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert len(predictions) == 100_000
+    accuracy = float(
+        (predictions["prediction"].astype(str) == predictions["label"].astype(str)).mean()
+    )
+    assert f"accuracy on 100,000 held-out points: {accuracy:.2%}" in r.output
