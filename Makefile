@@ -40,7 +40,8 @@ test: $(VENV)/.installed-test
 # pipeline whose workers are SLURM jobs.
 test-hpc: $(VENV)/.installed-test
 	bash .ci/slurm-up
-	GRIDFLOW_TEST_SLURM=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/test_slurm.py
+	GRIDFLOW_TEST_SLURM=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -p no:cacheprovider \
+		tests/test_slurm.py; status=$$?; bash .ci/slurm-down; exit $$status
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_binning.py

@@ -96,6 +96,7 @@ def test_workers_are_slurm_jobs_started_by_dask_jobqueue(tmp_path, in_process, m
         "interface": "lo",
     }
     monkeypatch.setenv("PATH", _env()["PATH"])  # sbatch passes it to the worker jobs
+    monkeypatch.chdir(tmp_path)  # the worker jobs' slurm-<id>.out land here
     with client("slurm", **options) as c:
         c.wait_for_workers(2)
         job_ids = set(c.run(lambda: os.environ.get("SLURM_JOB_ID")).values())
