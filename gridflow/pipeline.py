@@ -471,6 +471,21 @@ STAGES: dict[str, Stage] = {
         },
         order=20,
     ),
+    "fractal": grid_stage(
+        "fractal",
+        "gridflow.fractal:fractal",
+        {
+            "iterations": POSITIVE,
+            "burn_in": Int(min=0),
+            "seed": Int(min=0),
+            "start": Choice("auto", "label", "counts"),
+            "boundary": Choice("periodic", "open"),
+            "record": POSITIVE,
+            "fuse": POSITIVE,
+            "method": Choice("auto", "compiled", "reference"),
+        },
+        order=40,
+    ),
     "predict": Stage(
         "predict",
         _predict,
