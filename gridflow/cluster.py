@@ -188,6 +188,7 @@ def cluster(
     min_cells: int = 20,
     connectivity: int = 1,
     fill: bool = False,
+    fill_window: int | None = None,
     boundary: Literal["periodic", "open"] = "periodic",
     seed: Literal["labels", "counts"] = "labels",
     sigma: float | None = None,
@@ -224,6 +225,12 @@ def cluster(
         ids (which stay fixed) runs until a step labels no new cell, that
         is until every cell has a cluster (at most ``max_iter`` steps,
         default enough to cross the grid).
+    fill_window : int, optional
+        Window radius of the fill filter; default ``window``. The fill
+        needs about (distance to the nearest cluster) / ``fill_window``
+        steps, and with an FFT a step costs the same for any window: a
+        wider one fills a large empty grid in fewer steps, but lets a large
+        cluster outvote a nearer small one.
     seed : {"labels", "counts"}
         The first density step votes with the occupancy (the reference
         method) or with the number of points per cell.
@@ -305,17 +312,22 @@ def cluster(
     # 4. Fill.
     fill_steps = 0
     if fill and nclusters > 0:
-        limit = max_iter if max_iter is not None else _crossing_steps(spec.shape, k)
+        kf = (
+            k
+            if fill_window is None
+            else parse_kernel(kernel, window=fill_window, ndim=spec.ndim, sigma=sigma)
+        )
+        limit = max_iter if max_iter is not None else _crossing_steps(spec.shape, kf)
         filled = run_dask(
             labels,
             nclasses=nclusters,
-            kernel=k,
+            kernel=kf,
             iterations=None,
             boundary=boundary,
             clamp=True,
             tol=1.0,  # stop at the first step that labels no new cell
             max_iter=limit,
-            fuse=_fill_fuse(labels.chunks, k),
+            fuse=_fill_fuse(labels.chunks, kf),
         )
         labels, fill_steps = filled.labels, filled.step
 
@@ -335,6 +347,7 @@ def cluster(
         "min_cells": min_cells,
         "connectivity": connectivity,
         "fill": bool(fill),
+        "fill_window": fill_window,
         "steps": final.step,
         "cut_level": cut,
         "clusters": nclusters,

@@ -160,7 +160,13 @@ def test_fill_gives_every_cell_a_cluster_and_keeps_the_clusters(rng):
     before, after = plain["cluster"].values, filled["cluster"].values
     assert (before < 0).any() and (after >= 0).all()
     np.testing.assert_array_equal(after[before >= 0], before[before >= 0])
-    assert filled.attrs["gridflow_stages"]["cluster"]["fill_steps"] > 0
+    steps = filled.attrs["gridflow_stages"]["cluster"]["fill_steps"]
+    assert steps > 0
+    # A wider fill window reaches every cell in fewer steps.
+    wide = cluster(ds, window=2, iterations=2, levels=8, min_cells=10, fill=True, fill_window=6)
+    assert wide.attrs["gridflow_stages"]["cluster"]["fill_steps"] < steps
+    assert (wide["cluster"].values >= 0).all()
+    np.testing.assert_array_equal(wide["cluster"].values[before >= 0], before[before >= 0])
 
 
 @pytest.mark.parametrize("boundary", ["periodic", "open"])
