@@ -214,7 +214,7 @@ def cluster(
         density values (the reference implementation's rule).
     level : int or "auto"
         The level whose components are the clusters; "auto": the cut whose
-        clusters persist over the most levels (:func:`choose_level`).
+        clusters persist the most (:func:`choose_level`).
     min_cells : int
         Components with fewer cells are noise (-1), and not in the hierarchy.
     connectivity : int

@@ -52,6 +52,18 @@ def test_cluster_levels_on_the_reference_input():
     assert np.abs(level.astype(int) - ref)[differ].max() == 1
 
 
+def test_the_occupancy_density_is_the_classify_density_bit_for_bit(rng):
+    from gridflow.kernels import parse_kernel
+    from gridflow.stencil import run_numpy
+
+    counts = _blob_grid(rng)["counts"].values  # two classes
+    labels = np.where(counts.sum(0) > 0, counts.argmax(0), -1)
+    k = parse_kernel("inverse_distance", window=3, ndim=2)
+    _, by_class, _ = run_numpy(labels, nclasses=2, kernel=k, iterations=3)
+    _, occupancy, _ = run_numpy(np.where(labels >= 0, 0, -1), nclasses=1, kernel=k, iterations=3)
+    np.testing.assert_array_equal(by_class, occupancy)
+
+
 # --- the hierarchy and the cut ----------------------------------------------------------------
 
 
