@@ -365,7 +365,9 @@ def cluster(
     )
     outputs = _outputs(grid, spec, lev_out, labels, h, node_cluster)
     if path is None:
-        ds = grid.assign(outputs).assign_coords(node=np.arange(len(h), dtype=np.int32))
+        stale = [v for v in (*VARIABLES, "node") if v in grid.variables]  # an earlier run's
+        ds = grid.drop_vars(stale).assign(outputs)
+        ds = ds.assign_coords(node=np.arange(len(h), dtype=np.int32))
         ds.attrs = _stage_attrs(grid.attrs, stage)
         return ds
     return _write(path, grid, outputs, stage)

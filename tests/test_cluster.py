@@ -276,6 +276,13 @@ def test_grid_must_be_a_store_or_dataset():
         cluster(np.zeros((3, 3)))
 
 
+def test_a_clustered_dataset_can_be_clustered_again(rng):
+    first = cluster(_blob_grid(rng), window=2, iterations=2, levels=8)
+    again = cluster(first, window=2, iterations=2, levels=16)
+    assert again.sizes["node"] != first.sizes["node"]
+    assert int(again["node_level"].max()) > 7
+
+
 def test_level_zero_is_the_whole_grid(rng):
     out = cluster(_blob_grid(rng), window=2, iterations=2, levels=4, level=0)
     assert out.attrs["gridflow_stages"]["cluster"]["clusters"] == 1
