@@ -32,7 +32,7 @@ demo: $(VENV)/.installed-base
 	$(BIN)/gridflow demo --out demo-output
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check gridflow tests benchmarks
+	$(BIN)/ruff check gridflow tests benchmarks examples
 	$(BIN)/pytest -q
 
 # SLURM for real (root only): installs Debian's slurm-wlm and munge, starts a
@@ -48,14 +48,15 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_classify.py
 	$(PY) benchmarks/bench_fractal.py
 	$(PY) benchmarks/bench_scaling.py
+	$(PY) benchmarks/bench_cluster.py
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check gridflow tests benchmarks
-	$(BIN)/ruff format --check gridflow tests benchmarks
+	$(BIN)/ruff check gridflow tests benchmarks examples
+	$(BIN)/ruff format --check gridflow tests benchmarks examples
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format gridflow tests benchmarks
-	$(BIN)/ruff check --fix gridflow tests benchmarks
+	$(BIN)/ruff format gridflow tests benchmarks examples
+	$(BIN)/ruff check --fix gridflow tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

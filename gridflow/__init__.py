@@ -14,6 +14,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 from gridflow.binning import BinReport, bin_points
 from gridflow.classify import classify
+from gridflow.cluster import cluster
 from gridflow.errors import (
     GridflowError,
     GridflowWarning,
@@ -30,17 +31,22 @@ from gridflow.synth import PointProcess, make_points, write_points
 
 
 def __getattr__(name: str):
-    # The estimator needs scikit-learn, an optional dependency: import on use.
+    # The estimators need scikit-learn, an optional dependency: import on use.
     if name == "GridClassifier":
         from gridflow.estimators import GridClassifier
 
         return GridClassifier
+    if name == "GridClusterer":
+        from gridflow.estimators import GridClusterer
+
+        return GridClusterer
     raise AttributeError(f"module 'gridflow' has no attribute {name!r}")
 
 
 __all__ = [
     "BinReport",
     "GridClassifier",
+    "GridClusterer",
     "GridSpec",
     "GridflowError",
     "GridflowWarning",
@@ -52,6 +58,7 @@ __all__ = [
     "__version__",
     "bin_points",
     "classify",
+    "cluster",
     "fractal",
     "make_points",
     "open_grid",

@@ -172,3 +172,52 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
         (predictions["prediction"].astype(str) == predictions["label"].astype(str)).mean()
     )
     assert f"accuracy on 100,000 held-out points: {accuracy:.2%}" in r.output
+
+
+def test_cluster_command(tmp_path):
+    from gridflow.cluster import cluster
+
+    points = tmp_path / "pts.parquet"
+    store = tmp_path / "grid.zarr"
+    run("synth", points, "--points", 20000, "--classes", 3, "--scale", 0.05, "--seed", 3)
+    run("bin", points, store, "--bins", 32, "--chunks", 16)
+    args = ["--window", 2, "--iterations", 2, "--levels", 16, "--method", "distinct"]
+    args += ["--seed", "counts", "--min-cells", 5]
+    r = run("cluster", store, *args, "--fill")
+    assert r.exit_code == 0, r.output
+    ds = open_grid(store)
+    stage = ds.attrs["gridflow_stages"]["cluster"]
+    assert f"{stage['clusters']} clusters at level {stage['cut_level']} of 0..15" in r.output
+    assert stage["clusters"] >= 2 and (ds["cluster"].values >= 0).all()  # filled
+    # The same as the library call, on the periodic grid synth records.
+    mem = cluster(
+        open_grid(store), window=2, iterations=2, levels=16, method="distinct", seed="counts",
+        min_cells=5, fill=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(mem["cluster"].values, ds["cluster"].values)
+    r = run("cluster", store, *args, "--level", 3)
+    assert r.exit_code == 0, r.output
+    assert open_grid(store).attrs["gridflow_stages"]["cluster"]["cut_level"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--levels", "1"], "levels"),
+        (["--levels", "0.5,0.2"], "increasing cut quantiles"),
+        (["--level", "9"], "from 0 to 7"),
+        (["--level", "top"], "level"),
+        (["--connectivity", "3"], "connectivity"),
+        (["--window", "10"], "larger than the grid"),
+    ],
+)
+def test_cluster_errors_exit_2(tmp_path, args, message):
+    points = tmp_path / "pts.parquet"
+    store = tmp_path / "grid.zarr"
+    run("synth", points, "--points", 500)
+    run("bin", points, store, "--bins", 8)
+    r = CliRunner().invoke(main, ["cluster", str(store), "--window", "1", *args])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ") and message in r.output
+    assert r.output.count("\n") == 1
+    assert "cluster" not in open_grid(store).attrs["gridflow_stages"]

@@ -1,0 +1,36 @@
+"""The runnable examples in examples/, in their fast modes."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_color_quantization_small(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    pytest.importorskip("matplotlib")
+    example = _load("color_quantization")
+    out = tmp_path / "cq.png"
+    result = example.main(["--small", "--out", str(out)])
+    assert out.stat().st_size > 10_000
+    pixels, ids, colours = result["pixels"], result["ids"], result["colours"]
+    assert len(pixels) == 128 * 128 and (ids >= 0).all()  # filled: every pixel has a colour
+    (name, k, sse, _), (km_name, k2, km_sse, _) = result["rows"]
+    assert (name, km_name) == ("gridflow.cluster", "sklearn KMeans")
+    assert k == k2 == len(colours) >= 2
+    for c in range(k):  # each colour is the mean of its pixels
+        np.testing.assert_allclose(colours[c], pixels[ids == c].mean(axis=0))
+    assert sse == pytest.approx(((pixels - colours[ids]) ** 2).sum())
+    assert sse > 0 and km_sse > 0
+    printed = capsys.readouterr().out
+    assert "gridflow.cluster" in printed and "sklearn KMeans" in printed
