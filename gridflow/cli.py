@@ -846,6 +846,7 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
 
     from gridflow.binning import bin_points
     from gridflow.classify import classify
+    from gridflow.cluster import cluster
     from gridflow.fractal import fractal
     from gridflow.predict import predict_to_parquet
     from gridflow.render import render_all
@@ -858,7 +859,7 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
     store = os.path.join(out_dir, "grid.zarr")
     predictions = os.path.join(out_dir, "predictions.parquet")
     timings: dict[str, float] = {}
-    stages = ["synth", "bin", "classify", "fractal", "predict", "render"]
+    stages = ["synth", "bin", "classify", "cluster", "fractal", "predict", "render"]
 
     def stage(name: str, what: str) -> None:
         click.echo(f"[{stages.index(name) + 1}/{len(stages)}] {what}", err=True)
@@ -889,6 +890,9 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
         stage("classify", "classifying every cell (window 10, 3 passes)")
         classify(store, window=10, iterations=3, probabilities=True)
         done("classify")
+        stage("cluster", "clustering the density of all points (16 levels, filled)")
+        clustered = cluster(store, window=5, iterations=3, levels=16, seed="counts", fill=True)
+        done("cluster")
         stage("fractal", "fractal classifier (250 iterations, a frame every 5)")
         ds = fractal(store, iterations=250, burn_in=50, seed=1, record=5)
         done("fractal")
@@ -907,12 +911,17 @@ def demo(ctx: click.Context, out_dir: str, n_points: int, bins: int) -> None:
     click.echo(
         f"accuracy on {len(frame):,} held-out points: {accuracy:.2%} (Bayes-optimal: {bayes:.2%})"
     )
+    stage_info = clustered.attrs["gridflow_stages"]["cluster"]
+    click.echo(
+        f"clusters: {stage_info['clusters']} at level {stage_info['cut_level']} of the density"
+    )
     click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     click.echo(f"outputs in {out_dir}/:")
     click.echo("  points.parquet       training points (x0, x1, label)")
     click.echo("  test.parquet         held-out points with their Bayes-optimal class")
     click.echo("  grid.zarr            the grid store: counts, label, confidence, density,")
-    click.echo("                       probability, fractal (and its recorded frames)")
+    click.echo("                       probability, level, cluster, the cluster tree (node_*),")
+    click.echo("                       fractal (and its recorded frames)")
     click.echo("  predictions.parquet  the held-out points with prediction, probability_*")
     for name, path in images.items():
         click.echo(f"  {os.path.relpath(path, out_dir):<20} {_IMAGE_NOTES.get(name, 'image')}")

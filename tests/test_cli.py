@@ -159,10 +159,13 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
         "fractal.png",
         "density.png",
         "fractal.gif",
+        "cluster.png",
+        "level.png",
     ):
         assert (out / name).exists(), name
     ds = open_grid(out / "grid.zarr")
-    assert {"label", "density", "probability", "fractal"} <= set(ds.data_vars)
+    assert {"label", "density", "probability", "fractal", "level", "cluster"} <= set(ds.data_vars)
+    assert (ds["cluster"].values >= 0).all()  # filled
     assert (ds["fractal"].values >= 0).all()  # the fractal stage leaves no cell unlabeled
     with Image.open(out / "label.png") as im:
         assert im.size[0] >= 60 and im.size[0] % 60 == 0

@@ -134,7 +134,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_check_validates_without_running(tmp_path):
     r = run("run", "--check", ROOT / "examples" / "pipeline.yaml", "--workdir", tmp_path)
     assert r.exit_code == 0, r.output
-    assert "synth -> bin -> classify -> fractal -> predict -> evaluate" in r.output
+    assert "synth -> bin -> classify -> cluster -> fractal -> predict -> evaluate" in r.output
     assert list(tmp_path.iterdir()) == []
 
 
