@@ -30,15 +30,16 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import _common
 import dask
 import dask.array as da
 import numpy as np
+from _common import table
 
 import gridflow as gf
 from gridflow.grid import GridSpec
@@ -71,27 +72,7 @@ def grid_from_counts(counts: np.ndarray, chunks: int | tuple[int, ...], bounds=(
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import psutil
-    import scipy
-    import sklearn
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB; "
-        f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"dask {dask.__version__}, scikit-learn {sklearn.__version__}, gridflow {gf.__version__}"
-    )
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _common.machine("numpy", "scipy", "dask", "sklearn", "gridflow")
 
 
 # --- the reference configuration ---------------------------------------------------

@@ -39,15 +39,15 @@ kernel on first use); nothing is asserted. ``make bench`` runs
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 import warnings
 from typing import Any
 
+import _common
 import dask
 import numpy as np
+from _common import table
 
 import gridflow as gf
 from gridflow.synth import PointProcess
@@ -120,27 +120,7 @@ def n_found(labels: np.ndarray) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import psutil
-    import scipy
-    import sklearn
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB; "
-        f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"dask {dask.__version__}, scikit-learn {sklearn.__version__}, gridflow {gf.__version__}"
-    )
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _common.machine("numpy", "scipy", "dask", "sklearn", "gridflow")
 
 
 def bench(sizes: list[int], dims_list: list[int], kinds: list[str], args: Any) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,9 +32,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import _common
 import dask
 import dask.array as da
 import numpy as np
+from _common import table
 
 import gridflow as gf
 from gridflow import _fractalkernel
@@ -56,26 +57,7 @@ def best_of(fn: Callable[[], Any], repeat: int, warm: bool = True) -> tuple[floa
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import numba
-    import psutil
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB; "
-        f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-        f"dask {dask.__version__}, gridflow {gf.__version__}"
-    )
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _common.machine("numpy", "numba", "dask", "gridflow")
 
 
 def start_labels(size: int, classes: int, points: int) -> np.ndarray:
