@@ -92,7 +92,7 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path):
     [
         ({"colour": "red"}, "colour: unknown key; expected one of grid, inputs, outputs"),
         ({"stages.classify.windw": 3}, "stages.classify.windw: unknown key; expected one of"),
-        ({"stages.cluster": {}}, "stages.cluster: unknown key"),
+        ({"stages.segment": {}}, "stages.segment: unknown key"),
         ({"stages.classify.window": "ten"}, "stages.classify.window: expected an integer >= 1"),
         ({"stages.classify.iterations": 0}, "stages.classify.iterations: expected"),
         ({"stages.classify.clamp": "yes"}, "stages.classify.clamp: expected true or false"),
