@@ -33,3 +33,12 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def emit(text: str, output: str | None) -> int:
+    """Print the tables and, with ``output``, also write them to that file."""
+    print(text)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")
+    return 0

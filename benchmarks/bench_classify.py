@@ -271,11 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
     text = "\n".join(out)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return _common.emit(text, args.output)
 
 
 if __name__ == "__main__":

@@ -204,11 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             scaling = [int(float(s)) for s in args.hdbscan_scaling.split(",")]
             out += ["", bench_scaling(scaling)]
     text = "\n".join(out)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return _common.emit(text, args.output)
 
 
 if __name__ == "__main__":

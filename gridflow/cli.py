@@ -277,24 +277,40 @@ def bin_(
     click.echo(f"wrote {store} in {time.perf_counter() - t0:.1f} s")
 
 
+def _filter_options(weights: str, steps: str) -> Callable[[Callable[..., Any]], Any]:
+    """The filter's options (--kernel, --window, --sigma, --iterations) of a command."""
+    options = [
+        click.option(
+            "--kernel",
+            default="inverse_distance",
+            show_default=True,
+            type=click.Choice(["inverse_distance", "box", "gaussian"]),
+            help=weights,
+        ),
+        click.option(
+            "--window",
+            type=int,
+            default=10,
+            show_default=True,
+            help="Window radius w (10 means 21 cells wide).",
+        ),
+        click.option(
+            "--sigma", type=float, default=None, help="Gaussian sigma (default: window / 2)."
+        ),
+        click.option("--iterations", default="3", show_default=True, help=f"{steps}, or 'auto'."),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 @main.command("classify")
 @click.argument("store", type=click.Path())
-@click.option(
-    "--kernel",
-    default="inverse_distance",
-    show_default=True,
-    type=click.Choice(["inverse_distance", "box", "gaussian"]),
-    help="Window weights.",
-)
-@click.option(
-    "--window",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Window radius w (10 means 21 cells wide).",
-)
-@click.option("--sigma", type=float, default=None, help="Gaussian sigma (default: window / 2).")
-@click.option("--iterations", default="3", show_default=True, help="Vote steps, or 'auto'.")
+@_filter_options("Window weights.", "Vote steps")
 @click.option(
     "--tol",
     type=float,
@@ -380,22 +396,7 @@ def classify_(
 
 @main.command("cluster")
 @click.argument("store", type=click.Path())
-@click.option(
-    "--kernel",
-    default="inverse_distance",
-    show_default=True,
-    type=click.Choice(["inverse_distance", "box", "gaussian"]),
-    help="Density filter weights.",
-)
-@click.option(
-    "--window",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Window radius w (10 means 21 cells wide).",
-)
-@click.option("--sigma", type=float, default=None, help="Gaussian sigma (default: window / 2).")
-@click.option("--iterations", default="3", show_default=True, help="Density steps, or 'auto'.")
+@_filter_options("Density filter weights.", "Density steps")
 @click.option(
     "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
 )
