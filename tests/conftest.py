@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,21 @@ from gridflow.grid import GridSpec
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def reference(name: str) -> dict[str, np.ndarray]:
+    """The arrays of one reference output in tests/data (see tests/data/README.md).
+
+    A missing file fails the test: these fixtures are part of the repository.
+    """
+    path = DATA / name
+    if not path.is_file():
+        pytest.fail(f"reference fixture {path} is missing (see tests/data/README.md)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def reference_counts(points: np.ndarray, labels: np.ndarray, spec: GridSpec, nclasses: int):

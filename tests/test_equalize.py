@@ -1,6 +1,5 @@
 """Equalization against the reference output and a brute-force rank, for every chunking."""
 
-import os
 import sys
 
 import dask.array as da
@@ -9,22 +8,15 @@ import pytest
 
 from gridflow.equalize import density_keys, equalize
 from gridflow.errors import InputDataError
+from tests.conftest import reference
 
 equalize_mod = sys.modules["gridflow.equalize"]
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
 GRAY = np.array([0, 30, 55, 90, 120, 140, 170, 254])
 
 
-def _reference(name="granville_gd_200_w5.npz"):
-    path = os.path.join(REFERENCE, name)
-    if not os.path.exists(path):
-        pytest.skip(f"reference output {path} not present")
-    return np.load(path)
-
-
 def test_distinct_levels_reproduce_the_reference_gray_level(monkeypatch):
-    z = _reference()
+    z = reference("granville_gd_200_w5.npz")
     eq = equalize(z["density"], method="distinct")
     assert eq.n == 40_000  # every reference density is distinct at 12 digits
     np.testing.assert_array_equal(GRAY[eq.level.compute()], z["gray_level"])
@@ -36,7 +28,7 @@ def test_distinct_levels_reproduce_the_reference_gray_level(monkeypatch):
 
 def test_nine_digits_would_merge_distinct_reference_densities():
     # Why DIGITS is 12: the reference's closest densities differ by 8e-11.
-    z = _reference()
+    z = reference("granville_gd_200_w5.npz")
     eq = equalize(z["density"], method="distinct", digits=9)
     assert eq.n < 40_000
     assert (GRAY[eq.level.compute()] != z["gray_level"]).sum() > 0

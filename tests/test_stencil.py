@@ -1,7 +1,5 @@
 """The filter engine against the reference output and the in-memory NumPy run."""
 
-import os
-
 import dask
 import dask.array as da
 import numpy as np
@@ -11,20 +9,12 @@ import scipy.ndimage as ndi
 from gridflow.errors import ParameterError
 from gridflow.kernels import parse_kernel
 from gridflow.stencil import OUTSIDE, choose_method, correlate, run_dask, run_numpy
-
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
-
-
-def _reference(name):
-    path = os.path.join(REFERENCE, name)
-    if not os.path.exists(path):
-        pytest.skip(f"reference output {path} not present")
-    return np.load(path)
+from tests.conftest import reference
 
 
 @pytest.mark.parametrize("name", ["granville_gd_200_w5.npz", "granville_gd_400_w20.npz"])
 def test_reproduces_the_reference_implementation(name):
-    z = _reference(name)
+    z = reference(name)
     w, nloop = int(z["params"][4]), int(z["params"][5])
     labels0 = z["input_bitmap"].astype(np.int32)
     labels0[labels0 == 255] = -1
