@@ -6,6 +6,10 @@ gridflow's cache directory (``$GRIDFLOW_CACHE_DIR`` or ``~/.cache/gridflow``)
 and imported from there, so numba can cache the machine code on disk and
 later processes skip the compilation (about a second per kernel). Where the
 cache directory is not writable, the source is compiled in memory.
+
+A cache file is named by the digest of its text and is trusted only when its
+content has that digest: a damaged or edited file is written again, and the
+module always runs the source generated here, never what the file holds.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -30,6 +35,8 @@ CACHE = {cache}
 """
 
 _LOCK = threading.Lock()
+
+log = logging.getLogger(__name__)
 
 
 def load(body: str, name: str, origin: str) -> types.ModuleType:
@@ -58,21 +65,38 @@ def _load(body: str, name: str, origin: str) -> types.ModuleType:
         module = importlib.util.module_from_spec(spec)
         # numba's disk cache re-imports the module by name when it loads.
         sys.modules[modname] = module
-        spec.loader.exec_module(module)
+        # Run the text generated here (the file on disk holds the same, checked
+        # by its digest): a file changed after the check is never executed.
+        exec(compile(text, str(path), "exec"), module.__dict__)
     return sys.modules[modname]
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
 def _cached_source(text: str, name: str) -> Path | None:
-    """Write ``text`` as a module under the cache directory; None if impossible."""
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    """Write ``text`` as a module under the cache directory; None if impossible.
+
+    An existing file is kept only when its content matches the digest its
+    name carries; otherwise (damaged, edited) it is written again, which
+    also makes numba's cache of it stale (its index records the file's stamp).
+    """
+    digest = _digest(text.encode())
     root = Path(os.environ.get("GRIDFLOW_CACHE_DIR") or Path.home() / ".cache" / "gridflow")
     path = root / "kernels" / f"{name}_{digest}.py"
-    if path.exists():
-        return path
+    try:
+        if _digest(path.read_bytes()) == digest:
+            return path
+        log.warning("kernel cache %s does not match its digest; writing it again", path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
+        tmp.write_bytes(text.encode())
         os.replace(tmp, path)  # atomic: concurrent writers produce the same file
     except OSError:
         return None

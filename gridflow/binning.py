@@ -18,10 +18,17 @@ accepts and counts them per class and cell into a dask array of shape
 
 Rows with NaN/inf coordinates, out-of-range coordinates or a missing or
 unknown label are dropped and counted in a :class:`BinReport`.
+
+Guards before work: a dense grid whose counts would not fit the workers'
+memory is refused (:func:`gridflow.planner.plan_binning`), once before the
+data is read and again when the classes are known; so is a label column
+with more than ``max_classes`` distinct values (:data:`MAX_CLASSES` by
+default), which is almost always the wrong column.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
@@ -36,12 +43,13 @@ import numpy as np
 import pandas as pd
 
 from gridflow._binkernel import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
-from gridflow.errors import InputDataError, ParameterError
-from gridflow.grid import GridSpec, bounds_from_extrema, parse_bounds
-from gridflow.points import Block, PointSource, open_points
+from gridflow.errors import InputDataError, ParameterError, StorageError, storage_error
+from gridflow.grid import GridSpec, bounds_from_extrema, parse_bins, parse_bounds
+from gridflow.planner import check_dense_grid, plan_binning
+from gridflow.points import Block, PointSource, check_labels, open_points, reading
 from gridflow.runtime import active_client, worker_memory
 
-__all__ = ["BinReport", "bin_points", "parse_chunks"]
+__all__ = ["MAX_CLASSES", "BinReport", "bin_points", "parse_chunks", "parse_max_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,32 @@ AUTO_CHUNK_BYTES = 64 * 2**20
 #: Cells of dense key space merged by one task of the chunked strategy.
 GROUP_CELLS = 2**25
 _U32_MAX = 2**32 - 1
+#: Most distinct labels binned without ``max_classes``. The counts hold a
+#: plane per class and a vote step keeps ~33 bytes per class per cell, so
+#: past a thousand classes a dense grid is the wrong tool, and a column with
+#: that many distinct values is nearly always an id or a measurement.
+MAX_CLASSES = 1024
+
+
+def parse_max_classes(max_classes: Any) -> int:
+    """The most distinct labels a run accepts: a positive integer."""
+    integer = isinstance(max_classes, (int, np.integer)) and not isinstance(
+        max_classes, (bool, np.bool_)
+    )
+    if not integer or max_classes < 1:
+        raise ParameterError(f"max_classes: expected a positive integer, got {max_classes!r}")
+    return int(max_classes)
+
+
+def _too_many_classes(
+    n: int, limit: int, label: str | None, where: str, *, at_least: bool = False
+) -> InputDataError:
+    more = "at least " if at_least else ""
+    return InputDataError(
+        f"points: the label column {label!r} of {where} has {more}{n:,} distinct values, more "
+        f"than {limit:,} classes; check --label names the class column, or pass --max-classes "
+        f"{max(n, limit + 1)} (max_classes=) if there really are that many"
+    )
 
 
 @dataclass
@@ -143,10 +177,14 @@ class _Classes:
                 codes = np.where(labels == np.floor(labels), labels, -1.0)
             return np.nan_to_num(codes, nan=-1.0).astype(np.int64)
         # By value, in the order the names are given; -1 for anything else.
+        if labels.dtype == object:
+            check_labels(labels)
         return pd.Index(list(self.names)).get_indexer(pd.Index(labels))
 
 
-def _block_uniques(labels: np.ndarray, kind: str) -> np.ndarray:
+def _block_uniques(labels: np.ndarray, kind: str, label: str | None = None) -> np.ndarray:
+    if kind == "str":
+        check_labels(labels, label)
     if kind == "float":
         labels = labels[~np.isnan(labels)]
         if labels.size and not np.all(labels == np.floor(labels)):
@@ -182,7 +220,14 @@ def _merge_uniques(parts: list[np.ndarray], kind: str) -> tuple:
 # --- the one pass that infers bounds and classes ---------------------------------
 
 
-def _scan_block(block: Block, bounds: bool, classes: str | None) -> tuple:
+def _scan_block(
+    block: Block,
+    bounds: bool,
+    classes: str | None,
+    limit: int = MAX_CLASSES,
+    label: str | None = None,
+    where: str = "the points",
+) -> tuple:
     mins = maxs = None
     if bounds:
         mins, maxs = [], []
@@ -191,13 +236,21 @@ def _scan_block(block: Block, bounds: bool, classes: str | None) -> tuple:
             finite = c[np.isfinite(c)]
             mins.append(finite.min() if finite.size else np.inf)
             maxs.append(finite.max() if finite.size else -np.inf)
-    uniques = _block_uniques(block.labels, classes) if classes else None
+    uniques = _block_uniques(block.labels, classes, label) if classes else None
+    if uniques is not None and len(uniques) > limit:
+        # Here, not after the merge: a million ids never travel to one process.
+        raise _too_many_classes(len(uniques), limit, label, where, at_least=True)
     return mins, maxs, uniques, len(block.columns[0]) if block.columns else 0
 
 
-def _scan(src: PointSource, need_bounds: bool, label_kind: str | None) -> tuple:
+def _scan(
+    src: PointSource, need_bounds: bool, label_kind: str | None, limit: int = MAX_CLASSES
+) -> tuple:
     parts = dask.compute(
-        *[dask.delayed(_scan_block)(b, need_bounds, label_kind) for b in src.blocks]
+        *[
+            dask.delayed(_scan_block)(b, need_bounds, label_kind, limit, src.label, src.description)
+            for b in src.blocks
+        ]
     )
     rows = sum(p[3] for p in parts)
     if rows == 0:
@@ -208,6 +261,8 @@ def _scan(src: PointSource, need_bounds: bool, label_kind: str | None) -> tuple:
         highs = np.max([p[1] for p in parts], axis=0)
         bounds = bounds_from_extrema(src.columns, lows, highs)
     names = _merge_uniques([p[2] for p in parts], label_kind) if label_kind else None
+    if names is not None and len(names) > limit:
+        raise _too_many_classes(len(names), limit, src.label, src.description)
     return bounds, names
 
 
@@ -415,17 +470,27 @@ def _total_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _choose_strategy(strategy: str, grid_bytes: int) -> str:
+def _parse_strategy(strategy: str) -> str:
     if strategy not in ("auto", "tree", "chunked"):
         raise ParameterError(f"strategy: expected 'auto', 'tree' or 'chunked', got {strategy!r}")
-    if strategy != "auto":
-        return strategy
-    memory, nthreads = worker_memory()
-    # Every thread of a worker holds its chain's grid, and a tree step up to
-    # split_every + 1 more (two per thread plus eight is conservative). Keep
-    # that under half the worker's memory.
-    fits = grid_bytes * (nthreads * 2 + 8) <= 0.5 * memory
-    return "tree" if fits else "chunked"
+    return strategy
+
+
+def _check_output_dir(store: str | os.PathLike) -> None:
+    """Refuse, before reading any point, a store whose folder cannot be written."""
+    parent = os.path.dirname(os.path.abspath(os.fspath(store)))
+    if not os.path.isdir(parent) or os.access(parent, os.W_OK):
+        return  # a missing folder is check_writable's to report
+    code = errno.EROFS if _read_only(parent) else errno.EACCES
+    error = storage_error(OSError(code, os.strerror(code), parent), os.fspath(store))
+    raise error or StorageError(f"store: cannot write in {parent}; write elsewhere")
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 # --- the public function ---------------------------------------------------------
@@ -446,6 +511,7 @@ def bin_points(
     chunks: int | Sequence[int] | str = "auto",
     strategy: Strategy = "auto",
     strict: bool = False,
+    max_classes: int = MAX_CLASSES,
     overwrite: bool = False,
 ) -> Any:
     """Count labeled points per class and cell.
@@ -485,8 +551,20 @@ def bin_points(
     strict : bool, default False
         Raise instead of dropping rows with NaN/inf, out-of-range
         coordinates or bad labels.
+    max_classes : int, default 1024
+        Refuse a label column with more distinct values (nearly always the
+        wrong column); raise it when there really are that many classes.
     overwrite : bool, default False
         Replace an existing gridflow store at ``store``.
+
+    Raises
+    ------
+    GridTooLargeError
+        Before any work, when the dense counts would not fit the workers'
+        memory (fewer bins, or more workers or memory).
+    StorageError
+        When the store's filesystem is read-only, full or not writable;
+        nothing is left at ``store``.
 
     Returns
     -------
@@ -508,7 +586,10 @@ def bin_points(
     from gridflow import store as store_mod
 
     if store is not None:
-        store_mod.check_writable(store, overwrite=overwrite)
+        store_mod.check_writable(store, overwrite=overwrite, inputs={"the points": points})
+        _check_output_dir(store)
+    max_classes = parse_max_classes(max_classes)
+    strategy = _parse_strategy(strategy)
     if spec is not None and columns is None:
         columns = spec.dims
     src = open_points(points, columns=columns, label=label, labels=labels)
@@ -528,6 +609,7 @@ def bin_points(
         periodic = hints["periodic"]
     if spec is None and bounds is not None:
         bounds = parse_bounds(bounds, src.ndim)
+    shape = spec.shape if spec is not None else parse_bins(bins, src.ndim)
 
     kind = src.label_kind
     if classes is not None:
@@ -536,10 +618,15 @@ def bin_points(
             raise ParameterError("classes: expected at least one class name, got none")
     else:
         names = src.categories
+    if names is not None and len(names) > max_classes:
+        raise _too_many_classes(len(names), max_classes, src.label, src.description)
+    # Before the pass over the data: a grid too large with a single class.
+    check_dense_grid(shape, len(names) if names else 1, classes_known=bool(names))
     need_bounds = spec is None and bounds is None
     need_classes = kind if names is None else None
     if need_bounds or need_classes:
-        found_bounds, found_names = _scan(src, need_bounds, need_classes)
+        with reading(src):
+            found_bounds, found_names = _scan(src, need_bounds, need_classes, max_classes)
         bounds = found_bounds if need_bounds else bounds
         names = found_names if need_classes else names
     if not names:
@@ -549,8 +636,7 @@ def bin_points(
         spec = GridSpec(src.columns, bounds=bounds, bins=bins, periodic=periodic or False)
 
     chunks_ = parse_chunks(chunks, spec, len(names))
-    grid_bytes = 4 * len(names) * spec.ncells
-    strategy = _choose_strategy(strategy, grid_bytes)
+    strategy = plan_binning(spec.shape, len(names), chunks_, strategy=strategy).strategy
     log.info(
         "binning %s into %s cells x %d classes (%s strategy, chunks %s)",
         src.description,
@@ -560,7 +646,8 @@ def bin_points(
         chunks_,
     )
     runner = _bin_tree if strategy == "tree" else _bin_chunked
-    counts, stats = runner(src, classes_, spec, chunks_)
+    with reading(src):
+        counts, stats = runner(src, classes_, spec, chunks_)
 
     report = BinReport(
         rows=int(stats[:4].sum()),
@@ -577,7 +664,13 @@ def bin_points(
     ds = store_mod.counts_dataset(counts, spec, names, report.to_dict())
     if store is None:
         return ds
-    store_mod.write_new_store(ds, store, overwrite=overwrite)
+    try:
+        store_mod.write_new_store(ds, store, overwrite=overwrite)
+    except OSError as exc:
+        error = storage_error(exc, os.fspath(store))
+        if error is None:
+            raise
+        raise error from exc
     return store_mod.open_grid(store)
 
 

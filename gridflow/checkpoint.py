@@ -17,6 +17,7 @@ attempts), so a resumed run can show that it recomputed no finished round.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -28,7 +29,9 @@ import dask.array as da
 
 from gridflow.errors import StoreError
 
-__all__ = ["CHECKPOINT", "RoundCheckpoint", "Saved", "has_checkpoint"]
+__all__ = ["CHECKPOINT", "RoundCheckpoint", "Saved", "has_checkpoint", "resume_point"]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "_gridflow_checkpoint"
 
@@ -47,6 +50,55 @@ def has_checkpoint(path: str | os.PathLike, stage: str) -> bool:
     """Whether ``path`` holds a complete checkpointed round of ``stage``."""
     marker = os.path.join(os.fspath(path), CHECKPOINT, stage, "state.json")
     return os.path.exists(marker)
+
+
+def resume_point(
+    path: str | os.PathLike,
+    stage: str,
+    params: Mapping[str, Any],
+    *,
+    resume: bool,
+    result: Mapping[str, Any] | None = None,
+) -> str:
+    """What a run of ``stage`` on a store does: ``"start"``, ``"continue"`` or ``"finished"``.
+
+    Without ``resume`` a run starts from the beginning. With it (safe to
+    always pass, as batch scripts do on requeue) a stage already finished
+    with the same ``params`` (and ``result`` settings, e.g. whether
+    probabilities were stored) is ``"finished"``; else a checkpoint made
+    with the same ``params`` is continued; else the run starts from the
+    beginning, and says why.
+    """
+    from gridflow.store import _root_attrs
+
+    if not resume:
+        return "start"
+    store = os.fspath(path)
+    want = json.loads(json.dumps({**params, **(result or {})}, default=str))
+    done = _root_attrs(store).get("gridflow_stages", {}).get(stage)
+    if isinstance(done, dict) and all(done.get(k) == v for k, v in want.items()):
+        log.info("resume: the %s stage of %s is finished; nothing to do", stage, store)
+        return "finished"
+    marker = os.path.join(store, CHECKPOINT, stage, "state.json")
+    try:
+        with open(marker) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = None
+    if state is None:
+        log.info(
+            "resume: no %s round is checkpointed in %s; starting from the beginning", stage, store
+        )
+        return "start"
+    if state.get("params") != json.loads(json.dumps(dict(params), default=str)):
+        log.warning(
+            "resume: the %s checkpoint in %s was made with other parameters; "
+            "starting from the beginning",
+            stage,
+            store,
+        )
+        return "start"
+    return "continue"
 
 
 class RoundCheckpoint:

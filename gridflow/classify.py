@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,8 +32,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from gridflow.checkpoint import RoundCheckpoint
-from gridflow.errors import ParameterError
+from gridflow import store as store_mod
+from gridflow.checkpoint import RoundCheckpoint, resume_point
+from gridflow.errors import BoundaryWarning, ConvergenceWarning, ParameterError
 from gridflow.kernels import Kernel, parse_kernel
 from gridflow.progress import Progress
 from gridflow.stencil import FinalRound, RoundState, history_entries, run_dask
@@ -59,10 +61,44 @@ def parse_iterations(iterations: int | str) -> int | None:
     return n
 
 
-def parse_boundary(boundary: str) -> str:
+def parse_boundary(boundary: str | None, spec: Any = None) -> str:
+    """``"periodic"`` or ``"open"``; None: the grid's own geometry.
+
+    A grid is stepped as periodic only when every dim wraps. Asking for
+    ``"periodic"`` on a grid whose dims do not wrap warns
+    (:class:`~gridflow.errors.BoundaryWarning`): its far edges would vote
+    for each other.
+    """
+    if boundary is None:
+        if spec is None:
+            return "periodic"
+        return "periodic" if all(spec.periodic) else "open"
     if boundary not in ("periodic", "open"):
         raise ParameterError(f"boundary: expected 'periodic' or 'open', got {boundary!r}")
+    if boundary == "periodic" and spec is not None and not all(spec.periodic):
+        flat = [d for d, p in zip(spec.dims, spec.periodic, strict=True) if not p]
+        warnings.warn(
+            f"boundary: the grid's dims {', '.join(flat)} do not wrap, yet boundary='periodic' "
+            "makes cells at opposite edges vote for each other; leave boundary unset to follow "
+            "the grid (open here)",
+            BoundaryWarning,
+            stacklevel=3,
+        )
     return boundary
+
+
+def filter_record(
+    kernel: Any, k: Kernel, sigma: Any, iterations: Any, boundary: str, seed: str
+) -> dict[str, Any]:
+    """The vote filter's parameters as a stage records them (classify, cluster)."""
+    return {
+        "kernel": k.name if isinstance(kernel, (str, Kernel)) else "array",
+        "window": list(k.radius),
+        "sigma": sigma,
+        "iterations": iterations,
+        "boundary": boundary,
+        "seed": seed,
+    }
 
 
 def initial_labels(counts: da.Array) -> da.Array:
@@ -74,13 +110,14 @@ def _majority(block: np.ndarray) -> np.ndarray:
     return np.where(block.sum(axis=0) > 0, block.argmax(axis=0), -1).astype(np.int32)
 
 
+@store_mod.writes_store
 def classify(
     grid: Any,
     *,
     kernel: str | np.ndarray | Kernel = "inverse_distance",
     window: int | None = 10,
     iterations: int | Literal["auto"] = 3,
-    boundary: Literal["periodic", "open"] = "periodic",
+    boundary: Literal["periodic", "open"] | None = None,
     seed: Literal["labels", "counts"] = "labels",
     clamp: bool = False,
     probabilities: bool = False,
@@ -106,8 +143,9 @@ def classify(
     iterations : int or "auto"
         Vote steps, or "auto": stop when a step labels no new cell and
         changes at most ``tol`` of the cells (at most ``max_iter`` steps).
-    boundary : {"periodic", "open"}
+    boundary : {"periodic", "open"}, optional
         Periodic grids wrap; open grids have nothing beyond their edges.
+        Default: the grid's own (periodic when every dim wraps).
     seed : {"labels", "counts"}
         What the first step votes with: each seeded cell's majority label
         (the reference method), or the counts themselves (every training
@@ -122,7 +160,9 @@ def classify(
         :mod:`gridflow.planner`); ``"auto"``: the planner's choice. Chunking
         never changes the result.
     resume : bool
-        Continue from the store's last complete round.
+        Continue from the store's last complete round; safe to always pass:
+        with nothing checkpointed the run starts from the beginning, and a
+        stage already finished with the same parameters is not run again.
 
     Returns
     -------
@@ -136,8 +176,6 @@ def classify(
     >>> ds = classify("grid.zarr", window=5, iterations="auto")  # doctest: +SKIP
     >>> ds["label"].plot()  # doctest: +SKIP
     """
-    from gridflow import store as store_mod
-
     path = None
     if isinstance(grid, (str, os.PathLike)):
         path = os.fspath(grid)
@@ -149,27 +187,34 @@ def classify(
     nclasses = counts.shape[0]
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n = parse_iterations(iterations)
-    boundary = parse_boundary(boundary)
+    boundary = parse_boundary(boundary, spec)
     if seed not in ("labels", "counts"):
         raise ParameterError(f"seed: expected 'labels' or 'counts', got {seed!r}")
     if not (0 <= tol < 1):
         raise ParameterError(f"tol: expected a fraction in [0, 1), got {tol}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ParameterError(f"max_iter: expected a positive integer, got {max_iter!r}")
+    store_mod.warn_if_empty(grid, "classify")
     if method not in ("auto", "direct", "separable", "box", "fft"):
         raise ParameterError(
             f"method: expected 'auto', 'direct', 'separable', 'box' or 'fft', got {method!r}"
         )
     params = {
-        "kernel": k.name if isinstance(kernel, (str, Kernel)) else "array",
-        "window": list(k.radius),
-        "sigma": sigma,
-        "iterations": iterations,
-        "boundary": boundary,
-        "seed": seed,
+        **filter_record(kernel, k, sigma, iterations, boundary, seed),
         "clamp": bool(clamp),
         "tol": tol,
         "max_iter": max_iter,
         "weights_sha": _weights_digest(k),
     }
+
+    if path is not None:
+        todo = resume_point(
+            path, "classify", params, resume=resume, result={"probabilities": bool(probabilities)}
+        )
+        if todo == "finished":
+            return grid
+    elif resume:
+        raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
 
     run_chunks, plan_fuse = _plan(counts, spec, k, boundary, n or max_iter, chunks, seed, clamp)
     if run_chunks != tuple(c[0] for c in counts.chunks[1:]):
@@ -183,14 +228,12 @@ def classify(
     materialise = None
     if path is not None:
         ckpt = _Checkpoint(path, params, labels0.shape)
-        if resume:
+        if todo == "continue":
             start, history = ckpt.load()
             log.info("resuming classify after step %d (attempt %d)", start.step, ckpt.rounds.run)
         else:
             ckpt.clear()
         materialise = ckpt.save
-    elif resume:
-        raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
 
     bar = Progress("classify", total=n or max_iter, unit="step")
     final = run_dask(
@@ -209,6 +252,8 @@ def classify(
         history=history,
         seed_counts=counts.astype(np.float64) if seed == "counts" else None,
     )
+    if n is None and final.step >= max_iter:
+        _warn_unsettled(history, tol, max_iter)
     outputs = _outputs(final, nclasses, probabilities, grid)
     stage = {**params, "steps": final.step, "probabilities": bool(probabilities)}
     if path is not None:
@@ -218,12 +263,28 @@ def classify(
         stats = None if final.stats is None else dask.compute(computed[-1])[0]
         _record(history, final, stats, labels0.size)
         ds = grid.assign(dict(zip(outputs, computed[:-1], strict=True)))
-        ds.attrs = _stage_attrs(grid.attrs, stage, history)
+        ds.attrs = store_mod.stage_attrs(grid.attrs, "classify", stage, history=history)
         bar.finish(final.step)
         return ds
     ds = _write(path, grid, outputs, final, history, stage, labels0.size, ckpt)
     bar.finish(final.step)
     return ds
+
+
+def _warn_unsettled(history: list[dict[str, float]], tol: float, max_iter: int) -> None:
+    """``iterations="auto"`` ran into its cap: say so unless its last step settled."""
+    last = history[-1] if history else None
+    before = history[-2]["labeled"] if len(history) > 1 else 0.0
+    if last is not None and last["changed"] <= tol and last["labeled"] == before:
+        return
+    changed = last["changed"] if last is not None else float("nan")
+    warnings.warn(
+        f"iterations: 'auto' stopped at max_iter={max_iter} steps before the labels settled "
+        f"({changed:.4%} of cells changed in the last step, tol {tol:g}); raise max_iter "
+        "(--max-iter) or tol (--tol)",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def _persist(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
@@ -318,42 +379,20 @@ def _record(history: list, final: FinalRound, stats: Any, ncells: int) -> None:
         history.extend(history_entries(final.first_step, np.asarray(stats), ncells))
 
 
-def _stage_attrs(attrs: dict, stage: dict, history: list) -> dict:
-    from gridflow.store import history_line
-
-    attrs = dict(attrs)
-    stages = dict(attrs.get("gridflow_stages", {}))
-    stages["classify"] = {**stage, "history": history}
-    attrs["gridflow_stages"] = stages
-    line = history_line("classify", stage)
-    attrs["history"] = (attrs.get("history", "") + "\n" + line).strip("\n")
-    return attrs
-
-
 def _write(path, grid, outputs, final, history, stage, ncells, ckpt) -> Any:
-    import xarray as xr
-    import zarr
+    """The stage into the store, whole (:func:`gridflow.store.write_stage`); then
+    the checkpoint, no longer needed, is removed."""
 
-    from gridflow import store as store_mod
+    def record(stats: Any) -> dict[str, Any]:
+        _record(history, final, stats, ncells)
+        return {"history": history}
 
-    group = zarr.open_group(path, mode="r+")
-    # Mark the stage incomplete before touching its variables.
-    stages = dict(group.attrs.get("gridflow_stages", {}))
-    stages.pop("classify", None)
-    attrs = {**dict(group.attrs), "gridflow_stages": stages}
-    group.attrs.update(attrs)
-    ds = xr.Dataset(outputs, coords={d: grid[d] for d in grid["counts"].dims[1:]}, attrs=attrs)
-    if "probability" not in outputs and "probability" in grid:
-        del group["probability"]  # stale from an earlier run with probabilities
-    writes = ds.drop_vars(list(ds.coords)).to_zarr(
-        path, mode="a", zarr_format=3, consolidated=False, compute=False
+    ds, _ = store_mod.write_stage(
+        path, "classify", outputs, stage, extra=final.stats, record=record
     )
-    _, stats = dask.compute(writes, final.stats)
-    _record(history, final, stats, ncells)
-    group.attrs.update(_stage_attrs(attrs, stage, history))  # the marker, last
     ckpt.clear()
     log.info("classify: %d steps written to %s", final.step, path)
-    return store_mod.open_grid(path)
+    return ds
 
 
 class _Checkpoint:
@@ -405,8 +444,6 @@ def tune(
     Returns ``(best, results)``: the best ``{"window", "iterations"}`` and
     one ``{"window", "iterations", "accuracy"}`` per candidate.
     """
-    from gridflow import store as store_mod
-
     grid = store_mod.as_grid(grid)
     if not 0 < holdout < 1:
         raise ParameterError(f"holdout: expected a fraction in (0, 1), got {holdout}")

@@ -8,16 +8,19 @@ is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-from gridflow.errors import GridflowError
+from gridflow.errors import GridflowError, InputDataError, StoreError, storage_error
 
 log = logging.getLogger("gridflow")
 
@@ -25,26 +28,203 @@ EXIT_USAGE = 2
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    """Print ``error: message`` (one line) on stderr and exit with code 2."""
+    line = " ".join(str(message).split())  # one line, whatever the message holds
+    click.echo(f"error: {line}", err=True)
     sys.exit(EXIT_USAGE)
 
 
+# Parameters of a command that name what it writes, then what it reads, in
+# the order a filesystem error is blamed on them.
+_OUTPUTS = ("out", "all_dir", "out_dir", "json_out", "animation", "store")
+_STORES = ("store",)
+_POINTS = ("input_", "points", "test_points", "train")
+_DECODE = re.compile(r"decompress|decod|codec|corrupt|checksum|crc|invalid input", re.I)
+
+
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn gridflow's input errors into one line and exit code 2."""
+    """Turn bad input into one ``error:`` line and exit code 2.
+
+    gridflow's own errors (raised here or in a Dask task) name their
+    parameter as the command's option (``--min-cells``, not ``min_cells``);
+    a filesystem that refuses a write (read-only, full, over quota, no
+    permission), a damaged chunk of a store and an unreadable input file
+    are named with the command's paths. Anything else is a bug and keeps
+    its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except GridflowError as exc:
-            _fail(str(exc))
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            _fail(f"{exc.strerror}: {exc.filename}")
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            message = _message(exc, kwargs)
+            if message is None:
+                raise
+            _fail(message)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _message(exc: BaseException, kwargs: dict[str, Any]) -> str | None:
+    """The one line for ``exc`` raised by a command called with ``kwargs``, or None."""
+    from gridflow.errors import causes
+
+    for e in causes(exc):
+        if isinstance(e, GridflowError):
+            return _render(e)
+    path = next((kwargs[k] for k in _OUTPUTS if kwargs.get(k)), None)
+    disk = storage_error(exc, path)
+    if disk is not None:
+        return str(disk)
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return f"{exc.strerror}: {exc.filename}; check the path"
+    reason = _first_line(exc)
+    store = next((kwargs[k] for k in _STORES if kwargs.get(k)), None)
+    # A command given a store reads no other JSON (a pipeline is YAML).
+    if _from_zarr(exc) or (isinstance(exc, json.JSONDecodeError) and store is not None):
+        what = "its metadata" if isinstance(exc, json.JSONDecodeError) else "a chunk"
+        where = store or "the store"
+        return (
+            f"store: cannot read {where}: {what} is damaged ({reason}); restore the store from "
+            "a copy or recreate it with `gridflow bin`"
+        )
+    points = next((kwargs[k] for k in _POINTS if kwargs.get(k)), None)
+    if points is not None and _from_reader(exc):
+        return (
+            f"points: cannot read {points} ({reason}); the file is damaged or not in the "
+            "format its name says: write it again"
+        )
+    return None
+
+
+def _render(exc: GridflowError) -> str:
+    """``exc``'s message, its parameter named as the command's option."""
+    message = str(exc)
+    param = exc.param
+    if param is None or isinstance(exc, (InputDataError, StoreError)):
+        return message  # "points: ...", "store: ...": about an argument, not an option
+    flag = _flag(param)
+    if flag is None or not message.startswith(f"{param}:"):
+        return message
+    return flag + message[len(param) :]
+
+
+def _flag(param: str) -> str | None:
+    """The long option (``--min-cells``) of the running command or the group for ``param``."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        for p in ctx.command.params:
+            if not isinstance(p, click.Option):
+                continue
+            longs = [o for o in p.opts if o.startswith("--")]
+            names = {p.name, *(o[2:].replace("-", "_") for o in longs)}
+            if longs and param in names:
+                return longs[0]
+        ctx = ctx.parent
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    text = "".join(ch for ch in lines[0] if ch.isprintable()) if lines else ""
+    return text.strip().rstrip(".:").strip() or type(exc).__name__
+
+
+def _frames(exc: BaseException) -> list[str]:
+    tb, files = exc.__traceback__, []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return files
+
+
+def _in_zarr(exc: BaseException) -> bool:
+    return any(("/zarr/" in f or "/numcodecs/" in f) for f in _frames(exc))
+
+
+def _from_zarr(exc: BaseException) -> bool:
+    """A chunk that does not decode (raised by the codec, here or in a worker)."""
+    if not isinstance(exc, (RuntimeError, ValueError, OSError, EOFError)):
+        return False
+    if "/numcodecs/" in "".join(_frames(exc)):
+        return True
+    return bool(_DECODE.search(str(exc))) and (_in_zarr(exc) or not exc.__traceback__)
+
+
+def _from_reader(exc: BaseException) -> bool:
+    """A point file that pyarrow or pandas cannot read."""
+    try:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowException):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    import pandas as pd
+
+    if isinstance(exc, (pd.errors.ParserError, UnicodeDecodeError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno is None
+
+
+class _UsageError(click.ClickException):
+    """A click usage error, shown as one ``error:`` line like gridflow's own."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> _UsageError:
+    message = exc.format_message().strip().rstrip(".")
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.MissingParameter):
+        message = message[:1].lower() + message[1:]
+    elif isinstance(exc, click.BadParameter) and param is not None and exc.param_hint is None:
+        longs = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+        name = longs[0] if longs else param.human_readable_name
+        message = f"{name}: {exc.message.rstrip('.')}"
+    else:
+        message = message[:1].lower() + message[1:]
+    command = exc.ctx.command_path if exc.ctx is not None else "gridflow"
+    return _UsageError(f"{message}; see `{command} --help`")
+
+
+class _Gridflow(click.Group):
+    """The ``gridflow`` group: click's own usage errors are one line too (DESIGN §5)."""
+
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _memory_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--memory-limit``, checked when the command line is parsed."""
+    from gridflow.errors import ParameterError
+    from gridflow.runtime import parse_memory_limit
+
+    try:
+        return parse_memory_limit(value)
+    except ParameterError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], ctx=ctx, param=param) from None
+
+
+@click.group(
+    cls=_Gridflow,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="gridflow")
 @click.option(
     "--scheduler",
@@ -69,7 +249,10 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Threads per worker (local, mpi, gpu; slurm/pbs: cores / workers).",
 )
 @click.option(
-    "--memory-limit", default=None, help="Memory per local worker, or per slurm/pbs job: 4GB."
+    "--memory-limit",
+    default=None,
+    callback=_memory_limit,
+    help="Memory per local worker, or per slurm/pbs job: 4GB.",
 )
 @click.option("--cores", type=int, default=None, help="Cores per slurm/pbs job.")
 @click.option("--jobs", type=int, default=None, help="slurm/pbs jobs to submit (default 1).")
@@ -103,7 +286,51 @@ def main(ctx: click.Context, log_level: str, progress: bool | None, **scheduler:
         datefmt="%H:%M:%S",
     )
     set_progress(progress)
+    _exit_on_sigterm()
+    _one_line_warnings()
     ctx.obj = {"scheduler": scheduler}
+
+
+def _one_line_warnings() -> None:
+    """gridflow's warnings as ``warning: ...`` lines, like its errors (others as Python shows them)."""
+    import warnings
+
+    from gridflow.errors import GridflowWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: Any, lineno: Any, *args: Any) -> None:
+        if issubclass(category, GridflowWarning):
+            click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+        else:
+            shown(message, category, filename, lineno, *args)
+
+    warnings.showwarning = show
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a batch job's preemption or walltime) ends the command at once,
+    the store's lock given back and its staging folder removed; the stage's
+    last complete round stays for --resume. (Raising from the handler could
+    land in a garbage-collector callback, which swallows it.)"""
+    import os
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        from gridflow.store import abandon_writes
+
+        abandon_writes()
+        click.echo(
+            "error: stopped by SIGTERM; rerun the same command with --resume to continue "
+            "from the last complete round",
+            err=True,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. embedded)
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _cluster(ctx: click.Context, options: Any = None) -> Any:
@@ -112,7 +339,7 @@ def _cluster(ctx: click.Context, options: Any = None) -> Any:
     # distributed sets its loggers' levels when imported, so set them after.
     import distributed  # noqa: F401  (configures its loggers on import)
 
-    from gridflow.runtime import SchedulerOptions, client
+    from gridflow.runtime import SchedulerOptions
 
     quiet = max(logging.WARNING, logging.getLogger().level)
     for name in list(logging.root.manager.loggerDict):
@@ -121,7 +348,28 @@ def _cluster(ctx: click.Context, options: Any = None) -> Any:
     if options is None:
         given = {k: v for k, v in ctx.obj["scheduler"].items() if v is not None}
         options = SchedulerOptions(**given)
-    return client(options)
+    # A task's error is the command's one error line, not also distributed's
+    # "Compute Failed" report (kept at --log-level debug).
+    return _client(options, quiet=logging.getLogger().level > logging.DEBUG)
+
+
+@contextlib.contextmanager
+def _client(options: Any, *, quiet: bool) -> Iterator[Any]:
+    from gridflow.runtime import client, quiet_task_errors
+
+    if quiet:
+        quiet_task_errors()
+    with client(options) as c:
+        if quiet and options.scheduler in ("local", "mpi", "gpu"):
+            quiet_task_errors(c)  # the workers this command started, in their processes
+        try:
+            yield c
+        except BaseException:
+            if quiet:  # the error is the one line: stopping the cluster on it is not news
+                for name in list(logging.root.manager.loggerDict):
+                    if name.split(".")[0] in ("distributed", "tornado", "asyncio"):
+                        logging.getLogger(name).setLevel(logging.CRITICAL)
+            raise
 
 
 @main.command()
@@ -235,6 +483,13 @@ def synth(
 @click.option(
     "--strict", is_flag=True, help="Refuse rows with NaN/inf, out-of-range or bad labels."
 )
+@click.option(
+    "--max-classes",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Refuse a label column with more distinct values (usually the wrong --label).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace STORE if it is a gridflow store.")
 @click.pass_context
 @_errors
@@ -250,6 +505,7 @@ def bin_(
     chunks: str,
     strategy: str,
     strict: bool,
+    max_classes: int,
     overwrite: bool,
 ) -> None:
     """Bin the labeled points of INPUT into per-class counts in the Zarr STORE."""
@@ -268,6 +524,7 @@ def bin_(
             chunks=chunks,
             strategy=strategy,
             strict=strict,
+            max_classes=max_classes,
             overwrite=overwrite,
         )
     report = ds.attrs["gridflow_stages"]["bin"]["report"]
@@ -308,6 +565,15 @@ def _filter_options(weights: str, steps: str) -> Callable[[Callable[..., Any]], 
     return apply
 
 
+_BOUNDARY = click.option(
+    "--boundary",
+    type=click.Choice(["periodic", "open"]),
+    default=None,
+    help="Edges of the grid: periodic wraps, open has nothing beyond. "
+    "Default: the store's own (periodic when every dim wraps).",
+)
+
+
 @main.command("classify")
 @click.argument("store", type=click.Path())
 @_filter_options("Window weights.", "Vote steps")
@@ -319,8 +585,13 @@ def _filter_options(weights: str, steps: str) -> Callable[[Callable[..., Any]], 
     help="With --iterations auto: stop when at most this fraction of cells changes.",
 )
 @click.option(
-    "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
+    "--max-iter",
+    type=int,
+    default=100,
+    show_default=True,
+    help="With --iterations auto: the most steps (a warning says when it stops there).",
 )
+@_BOUNDARY
 @click.option(
     "--seed",
     "seed_",
@@ -347,7 +618,8 @@ def classify_(
     sigma: float | None,
     iterations: str,
     tol: float,
-    boundary: str,
+    max_iter: int,
+    boundary: str | None,
     seed_: str,
     clamp: bool,
     probabilities: bool,
@@ -379,6 +651,7 @@ def classify_(
             sigma=sigma,
             iterations=iters,
             tol=tol,
+            max_iter=max_iter,
             boundary=boundary,
             seed=seed_,
             clamp=clamp,
@@ -397,9 +670,7 @@ def classify_(
 @main.command("cluster")
 @click.argument("store", type=click.Path())
 @_filter_options("Density filter weights.", "Density steps")
-@click.option(
-    "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
-)
+@_BOUNDARY
 @click.option(
     "--seed",
     "seed_",
@@ -442,6 +713,9 @@ def classify_(
     help="1: cells sharing a face connect; up to the number of dims.",
 )
 @click.option("--fill", is_flag=True, help="Give every cell a cluster (no noise).")
+@click.option(
+    "--resume", is_flag=True, help="Do nothing if the stage is finished with these parameters."
+)
 @click.pass_context
 @_errors
 def cluster_(
@@ -451,7 +725,7 @@ def cluster_(
     window: int,
     sigma: float | None,
     iterations: str,
-    boundary: str,
+    boundary: str | None,
     seed_: str,
     levels: str,
     method: str,
@@ -459,6 +733,7 @@ def cluster_(
     min_cells: int,
     connectivity: int,
     fill: bool,
+    resume: bool,
 ) -> None:
     """Cluster STORE's grid: density, equalized levels, connected components."""
     from gridflow.cluster import cluster
@@ -481,6 +756,7 @@ def cluster_(
             min_cells=min_cells,
             connectivity=connectivity,
             fill=fill,
+            resume=resume,
         )
     stage = ds.attrs["gridflow_stages"]["cluster"]
     nlevels = len(stage["levels"]) + 1
@@ -521,9 +797,7 @@ def _int_option(name: str, value: str) -> int:
     help="Start from classify's labels or from the counts' majority classes "
     "(auto: the labels when the store has them).",
 )
-@click.option(
-    "--boundary", type=click.Choice(["periodic", "open"]), default="periodic", show_default=True
-)
+@_BOUNDARY
 @click.option(
     "--record",
     type=int,
@@ -541,7 +815,7 @@ def fractal_(
     burn_in: int,
     seed: int,
     start: str,
-    boundary: str,
+    boundary: str | None,
     record: int | None,
     resume: bool,
 ) -> None:
@@ -708,7 +982,13 @@ def predict_(
     show_default=True,
     help="Fit the baseline on a random subsample of at most this many training rows.",
 )
-@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write JSON here.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(),
+    default=None,
+    help="Also write JSON here (replacing only a JSON file gridflow wrote).",
+)
 @click.pass_context
 @_errors
 def evaluate_(
@@ -725,10 +1005,12 @@ def evaluate_(
 ) -> None:
     """Score STORE's classified grid on the labeled TEST_POINTS: accuracy, per-class
     precision / recall / F1, confusion matrix, Bayes rate, and an optional baseline."""
-    import json
-
+    from gridflow._staging import check_output, write_json
     from gridflow.evaluate import evaluate
 
+    if json_out is not None:  # before the work: a user's file is never replaced, nor an input
+        inputs = {"the grid": store, "the test points": test_points, "the training points": train}
+        check_output(json_out, overwrite=True, inputs=inputs, option="json")
     with _cluster(ctx):
         ev = evaluate(
             store,
@@ -742,9 +1024,7 @@ def evaluate_(
         )
     click.echo(ev.format())
     if json_out is not None:
-        with open(json_out, "w") as f:
-            json.dump(ev.to_dict(), f, indent=2, allow_nan=False)
-            f.write("\n")
+        write_json(json_out, ev.to_dict())
         click.echo(f"wrote {json_out}")
 
 

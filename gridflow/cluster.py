@@ -43,7 +43,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from gridflow.classify import parse_boundary, parse_iterations
+from gridflow import store as store_mod
+from gridflow.checkpoint import resume_point
+from gridflow.classify import filter_record, parse_boundary, parse_iterations
 from gridflow.components import LevelSetTree, level_set_tree, parse_connectivity
 from gridflow.equalize import DEFAULT_CUTS, equalize, parse_levels, parse_method
 from gridflow.errors import ParameterError
@@ -176,6 +178,7 @@ def parse_min_cells(min_cells: Any) -> int:
     return n
 
 
+@store_mod.writes_store
 def cluster(
     grid: Any,
     *,
@@ -189,10 +192,11 @@ def cluster(
     connectivity: int = 1,
     fill: bool = False,
     fill_window: int | None = None,
-    boundary: Literal["periodic", "open"] = "periodic",
+    boundary: Literal["periodic", "open"] | None = None,
     seed: Literal["labels", "counts"] = "labels",
     sigma: float | None = None,
     max_iter: int | None = None,
+    resume: bool = False,
 ) -> Any:
     """Cluster a grid by the connected components of its equalized density levels.
 
@@ -234,6 +238,10 @@ def cluster(
     seed : {"labels", "counts"}
         The first density step votes with the occupancy (the reference
         method) or with the number of points per cell.
+    resume : bool
+        With a store: do nothing when its cluster stage was finished with
+        the same parameters, else run (the stage keeps no checkpoint, so
+        an interrupted run starts again from the beginning).
 
     Returns
     -------
@@ -249,8 +257,6 @@ def cluster(
     >>> ds["cluster"].plot()  # doctest: +SKIP
     >>> gridflow.predict(ds, points, variable="cluster").codes  # doctest: +SKIP
     """
-    from gridflow import store as store_mod
-
     path = None
     if isinstance(grid, (str, os.PathLike)):
         path = os.fspath(grid)
@@ -263,12 +269,28 @@ def cluster(
         counts = da.from_array(counts, chunks=counts.shape)
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n_steps = parse_iterations(iterations)
-    boundary = parse_boundary(boundary)
+    boundary = parse_boundary(boundary, spec)
     cuts = parse_levels(levels)
     nlevels = len(cuts) + 1
     method = parse_method(method)
     wanted = parse_level(level, nlevels)
     min_cells = parse_min_cells(min_cells)
+    params = {
+        **filter_record(kernel, k, sigma, iterations, boundary, seed),
+        "levels": list(cuts),
+        "method": method,
+        "level": level,
+        "min_cells": min_cells,
+        "connectivity": connectivity,
+        "fill": bool(fill),
+        "fill_window": fill_window,
+    }
+    if path is not None:
+        if resume_point(path, "cluster", params, resume=resume) == "finished":
+            return grid
+    elif resume:
+        raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
+    store_mod.warn_if_empty(grid, "cluster")
     connectivity = parse_connectivity(connectivity, spec.ndim)
     if seed not in ("labels", "counts"):
         raise ParameterError(f"seed: expected 'labels' or 'counts', got {seed!r}")
@@ -335,19 +357,7 @@ def cluster(
     (lev_out, labels) = dask.persist(lev.rechunk(chunks), labels.rechunk(chunks).astype(np.int32))
     noise = float((labels < 0).sum().compute()) / labels.size
     stage = {
-        "kernel": k.name if isinstance(kernel, (str, Kernel)) else "array",
-        "window": list(k.radius),
-        "sigma": sigma,
-        "iterations": iterations,
-        "boundary": boundary,
-        "seed": seed,
-        "levels": list(cuts),
-        "method": method,
-        "level": level,
-        "min_cells": min_cells,
-        "connectivity": connectivity,
-        "fill": bool(fill),
-        "fill_window": fill_window,
+        **params,
         "steps": final.step,
         "cut_level": cut,
         "clusters": nclusters,
@@ -368,9 +378,11 @@ def cluster(
         stale = [v for v in (*VARIABLES, "node") if v in grid.variables]  # an earlier run's
         ds = grid.drop_vars(stale).assign(outputs)
         ds = ds.assign_coords(node=np.arange(len(h), dtype=np.int32))
-        ds.attrs = _stage_attrs(grid.attrs, stage)
+        ds.attrs = store_mod.stage_attrs(grid.attrs, "cluster", stage)
         return ds
-    return _write(path, grid, outputs, stage)
+    node = np.arange(len(h), dtype=np.int32)
+    ds, _ = store_mod.write_stage(path, "cluster", outputs, stage, coords={"node": node})
+    return ds
 
 
 def _fill_fuse(chunks: tuple[tuple[int, ...], ...], k: Kernel) -> int:
@@ -409,39 +421,3 @@ def _outputs(grid, spec, lev, labels, h: Hierarchy, node_cluster: np.ndarray) ->
             "node", node_cluster, attrs={"long_name": "cluster id of the node, -1 = none"}
         ),
     }
-
-
-def _stage_attrs(attrs: dict, stage: dict) -> dict:
-    from gridflow.store import history_line
-
-    attrs = dict(attrs)
-    stages = dict(attrs.get("gridflow_stages", {}))
-    stages["cluster"] = stage
-    attrs["gridflow_stages"] = stages
-    line = history_line("cluster", stage)
-    attrs["history"] = (attrs.get("history", "") + "\n" + line).strip("\n")
-    return attrs
-
-
-def _write(path: str, grid: Any, outputs: dict[str, Any], stage: dict) -> Any:
-    import xarray as xr
-    import zarr
-
-    from gridflow import store as store_mod
-
-    group = zarr.open_group(path, mode="r+")
-    # Mark the stage incomplete before touching its variables.
-    stages = dict(group.attrs.get("gridflow_stages", {}))
-    stages.pop("cluster", None)
-    attrs = {**dict(group.attrs), "gridflow_stages": stages}
-    group.attrs.update(attrs)
-    # An earlier run's variables may have other chunks or another node count.
-    for name in (*VARIABLES, "node"):
-        if name in group:
-            del group[name]
-    node = np.arange(len(outputs["node_level"].data), dtype=np.int32)
-    ds = xr.Dataset(outputs, coords={"node": node}, attrs=attrs)
-    ds.to_zarr(path, mode="a", zarr_format=3, consolidated=False)
-    group.attrs.update(_stage_attrs(attrs, stage))  # the marker, last
-    log.info("cluster: written to %s", path)
-    return store_mod.open_grid(path)

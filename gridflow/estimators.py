@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from gridflow.binning import bin_points
 from gridflow.classify import classify, parse_iterations
 from gridflow.cluster import cluster
-from gridflow.errors import ParameterError
+from gridflow.errors import ConvergenceWarning, ParameterError
 from gridflow.grid import GridSpec, parse_bins, parse_bounds, parse_periodic
 from gridflow.predict import predict as predict_grid
 from gridflow.store import grid_spec
@@ -493,7 +494,10 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         results = []
         for w in candidates_w:
             for it in candidates_i:
-                grid = self._classify(counts, w, it)
+                with warnings.catch_warnings():
+                    # A candidate that does not settle is scored as it is.
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    grid = self._classify(counts, w, it)
                 found = self._codes(grid, X[val_idx])
                 steps = int(grid.attrs["gridflow_stages"]["classify"]["steps"])
                 accuracy = float(np.mean(found == codes[val_idx]))

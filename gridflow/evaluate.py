@@ -507,6 +507,9 @@ def _truth_block(
 
 
 def _check_classified(ds: Any) -> None:
+    from gridflow.store import refuse_incomplete
+
+    refuse_incomplete(ds, "label", needed_by="evaluate")
     if "label" not in ds.data_vars:
         have = ", ".join(map(str, ds.data_vars)) or "none"
         raise StoreError(

@@ -41,6 +41,8 @@ import numpy as np
 from dask.array.overlap import ensure_minimum_chunksize
 
 from gridflow import _fractalkernel
+from gridflow import store as store_mod
+from gridflow.checkpoint import CHECKPOINT, resume_point
 from gridflow.counter_rng import integers
 from gridflow.errors import ParameterError, StoreError
 from gridflow.progress import Progress
@@ -50,7 +52,6 @@ __all__ = ["fractal", "run_reference"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "_gridflow_checkpoint"
 
 Start = Literal["auto", "label", "counts"]
 Method = Literal["auto", "compiled", "reference"]
@@ -445,9 +446,14 @@ def _start_labels(grid: Any, start: str, nclasses: int) -> tuple[da.Array, str]:
     if start not in ("auto", "label", "counts"):
         raise ParameterError(f"start: expected 'auto', 'label' or 'counts', got {start!r}")
     if start == "auto":
-        start = "label" if "label" in grid else "counts"
+        # An interrupted classify is not silently replaced by the counts.
+        have = "label" in grid or "classify" in store_mod.incomplete_stages(grid)
+        start = "label" if have else "counts"
     if start == "label":
         if "label" not in grid:
+            store_mod.require_stage(
+                grid, "classify", needed_by="fractal's start='label' (--start label)"
+            )
             raise StoreError(
                 "start: the grid has no label; run `gridflow classify STORE` first "
                 "or start from the counts (start='counts')"
@@ -459,6 +465,7 @@ def _start_labels(grid: Any, start: str, nclasses: int) -> tuple[da.Array, str]:
     return labels.astype(_label_dtype(nclasses)), start
 
 
+@store_mod.writes_store
 def fractal(
     grid: Any,
     *,
@@ -466,7 +473,7 @@ def fractal(
     burn_in: int = 50,
     seed: int = 0,
     start: Start = "auto",
-    boundary: Literal["periodic", "open"] = "periodic",
+    boundary: Literal["periodic", "open"] | None = None,
     record: int | None = None,
     fuse: int | None = None,
     method: Method = "auto",
@@ -497,9 +504,10 @@ def fractal(
         majority class from the counts (-1 where empty, so the burn-in
         fills the space). "auto": ``label`` when the grid has it, else the
         counts.
-    boundary : {"periodic", "open"}
+    boundary : {"periodic", "open"}, optional
         Periodic grids wrap (the reference method's torus); on an open grid
         a cell that picks a neighbour beyond the edge keeps its label.
+        Default: the grid's own (periodic when every dim wraps).
     record : int, optional
         Also keep the labels every ``record`` iterations (and the start and
         the end) as ``fractal_frames``, for :func:`gridflow.render.animate`.
@@ -510,7 +518,9 @@ def fractal(
         Block kernel: "auto" runs the compiled kernel on NumPy chunks and
         the array reference on others (CuPy). The result is the same.
     resume : bool
-        Continue from the store's last complete round.
+        Continue from the store's last complete round; safe to always pass
+        (nothing checkpointed: start from the beginning; a stage finished
+        with the same parameters: nothing to do).
 
     Returns
     -------
@@ -525,7 +535,6 @@ def fractal(
     >>> ds = fractal("grid.zarr", iterations=250, burn_in=50, seed=1)  # doctest: +SKIP
     >>> ds["fractal"].plot()  # doctest: +SKIP
     """
-    from gridflow import store as store_mod
     from gridflow.classify import parse_boundary
 
     path = None
@@ -541,7 +550,7 @@ def fractal(
             "lower it or run more iterations"
         )
     seed = _parse_seed(seed)
-    boundary = parse_boundary(boundary)
+    boundary = parse_boundary(boundary, spec)
     if record is not None:
         record = _parse_count(record, "record", 1)
     if fuse is not None:
@@ -549,6 +558,7 @@ def fractal(
     if method not in ("auto", "compiled", "reference"):
         raise ParameterError(f"method: expected 'auto', 'compiled' or 'reference', got {method!r}")
     nclasses = grid.sizes["class"]
+    store_mod.warn_if_empty(grid, "fractal")
     labels0, start = _start_labels(grid, start, nclasses)
     if method == "compiled" and not isinstance(labels0._meta, np.ndarray):
         raise ParameterError(
@@ -569,8 +579,11 @@ def fractal(
     run = run_chunks(chunks, iterations)
     step, cur, history = 0, labels0, []
     if path is not None:
+        todo = resume_point(path, "fractal", params, resume=resume)
+        if todo == "finished":
+            return grid
         saver: _Persist | _Checkpoint = _Checkpoint(path, params)
-        if resume:
+        if todo == "continue":
             step, cur, history = saver.load()
             log.info("resuming fractal after iteration %d", step)
             if step >= iterations:
@@ -644,18 +657,6 @@ def _frame_coords(frames: list[tuple[int, da.Array]]) -> dict:
     return {"fractal_iteration": np.array([t for t, _ in frames], dtype=np.int64)}
 
 
-def _stage_attrs(attrs: dict, stage: dict, history: list) -> dict:
-    from gridflow.store import history_line
-
-    attrs = dict(attrs)
-    stages = dict(attrs.get("gridflow_stages", {}))
-    stages["fractal"] = {**stage, "history": history}
-    attrs["gridflow_stages"] = stages
-    line = history_line("fractal", stage)
-    attrs["history"] = (attrs.get("history", "") + "\n" + line).strip("\n")
-    return attrs
-
-
 def _in_memory(grid, final, frames, stage, history) -> Any:
     variables = _variables(grid, final, frames)
     persisted = dask.persist(*[v.data for v in variables.values()])
@@ -665,30 +666,25 @@ def _in_memory(grid, final, frames, stage, history) -> Any:
     history = [*history, _entry(stage["iterations"], unlabeled, final.size)]
     ds = grid.drop_vars([v for v in ("fractal_frames", "fractal_iteration") if v in grid])
     ds = ds.assign_coords(_frame_coords(frames)).assign(variables)
-    ds.attrs = _stage_attrs(grid.attrs, stage, history)
+    ds.attrs = store_mod.stage_attrs(grid.attrs, "fractal", stage, history=history)
     return ds
 
 
 def _write(path, grid, final, frames, stage, history, ckpt) -> Any:
-    import xarray as xr
-    import zarr
+    """The stage into the store, whole; then the checkpoint is removed."""
 
-    from gridflow import store as store_mod
+    def record(unlabeled: Any) -> dict[str, Any]:
+        return {"history": [*history, _entry(stage["iterations"], unlabeled, final.size)]}
 
-    group = zarr.open_group(path, mode="r+")
-    # Mark the stage incomplete before touching its variables.
-    stages = dict(group.attrs.get("gridflow_stages", {}))
-    stages.pop("fractal", None)
-    attrs = {**dict(group.attrs), "gridflow_stages": stages}
-    group.attrs.update(attrs)
-    for name in ("fractal_frames", "fractal_iteration"):
-        if name in group:  # from an earlier run, maybe with other frames
-            del group[name]
-    ds = xr.Dataset(_variables(grid, final, frames), coords=_frame_coords(frames), attrs=attrs)
-    writes = ds.to_zarr(path, mode="a", zarr_format=3, consolidated=False, compute=False)
-    _, unlabeled = dask.compute(writes, _unlabeled(final))
-    history = [*history, _entry(stage["iterations"], unlabeled, final.size)]
-    group.attrs.update(_stage_attrs(attrs, stage, history))  # the marker, last
+    ds, _ = store_mod.write_stage(
+        path,
+        "fractal",
+        _variables(grid, final, frames),
+        stage,
+        coords=_frame_coords(frames),
+        extra=_unlabeled(final),
+        record=record,
+    )
     ckpt.clear()
     log.info("fractal: %d iterations written to %s", stage["iterations"], path)
-    return store_mod.open_grid(path)
+    return ds

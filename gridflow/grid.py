@@ -83,7 +83,8 @@ def parse_periodic(periodic: bool | Sequence[bool] | str, ndim: int) -> tuple[bo
 def parse_bounds(
     bounds: Sequence[float] | Sequence[Sequence[float]] | str, ndim: int
 ) -> tuple[tuple[float, float], ...]:
-    """Canonical bounds: one finite ``(lo, hi)`` pair with ``lo < hi`` per dim.
+    """Canonical bounds: one finite ``(lo, hi)`` pair with ``lo < hi`` per dim,
+    whose width ``hi - lo`` is finite too.
 
     Accepts pairs ``[(lo0, hi0), (lo1, hi1)]``, a flat list
     ``[lo0, hi0, lo1, hi1]``, a string ``"lo0,hi0,lo1,hi1"``, or a single pair
@@ -110,10 +111,17 @@ def parse_bounds(
     pairs = tuple((flat[2 * i], flat[2 * i + 1]) for i in range(ndim))
     for i, (lo, hi) in enumerate(pairs):
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ParameterError(f"bounds: dim {i} has non-finite bounds ({lo}, {hi})")
+            raise ParameterError(
+                f"bounds: dim {i} has non-finite bounds ({lo}, {hi}); give finite numbers 'lo,hi'"
+            )
         if not lo < hi:
             raise ParameterError(
                 f"bounds: dim {i} needs lo < hi, got lo={lo}, hi={hi}; give 'lo,hi' with lo below hi"
+            )
+        if not math.isfinite(hi - lo):
+            raise ParameterError(
+                f"bounds: dim {i} spans [{lo:g}, {hi:g}], wider than a float64 holds "
+                "(hi - lo overflows to inf); give narrower bounds"
             )
     return pairs
 
@@ -160,6 +168,13 @@ class GridSpec:
         object.__setattr__(self, "bounds", parse_bounds(self.bounds, ndim))
         object.__setattr__(self, "bins", parse_bins(self.bins, ndim))
         object.__setattr__(self, "periodic", parse_periodic(self.periodic, ndim))
+        for dim, (lo, hi), n in zip(dims, self.bounds, self.bins, strict=True):
+            # Cells narrower than the float64 spacing there cannot be told apart.
+            if (hi - lo) / n < np.spacing(max(abs(lo), abs(hi))):
+                raise ParameterError(
+                    f"bins: {n} cells on {dim} [{lo:g}, {hi:g}] would be narrower than float64 "
+                    f"resolves there ({np.spacing(max(abs(lo), abs(hi))):g}); use fewer bins"
+                )
 
     # --- geometry ---------------------------------------------------------
 
@@ -382,5 +397,10 @@ def bounds_from_extrema(
             )
         if lo == hi:
             lo, hi = lo - 0.5, hi + 0.5
+        if not math.isfinite(hi - lo):
+            raise InputDataError(
+                f"points: column {col!r} spans [{lo:g}, {hi:g}], wider than a float64 holds "
+                "(max - min overflows to inf); give --bounds or drop the extreme values"
+            )
         bounds.append((lo, hi))
     return tuple(bounds)

@@ -180,11 +180,23 @@ class ListOf(Check):
 
 
 class Section(Check):
-    """A mapping with known keys: unknown keys and missing required ones are errors."""
+    """A mapping with known keys: unknown keys and missing required ones are errors.
 
-    def __init__(self, fields: Mapping[str, Check], required: Sequence[str] = ()) -> None:
+    ``after(values)``, when given, runs on the checked mapping: the library's
+    own rules for it (the ``parse_*`` functions the stage calls), so the file
+    accepts exactly what the stage does; the ``ParameterError`` it raises
+    (``"min_cells: ..."``) is reported at its key (``stages.cluster.min_cells``).
+    """
+
+    def __init__(
+        self,
+        fields: Mapping[str, Check],
+        required: Sequence[str] = (),
+        after: Callable[[dict], None] | None = None,
+    ) -> None:
         self.fields = dict(fields)
         self.required = tuple(required)
+        self.after = after
         self.describe = "a mapping"
 
     def __call__(self, value: Any, key: str) -> dict:
@@ -204,7 +216,30 @@ class Section(Check):
             if k not in out:
                 where = f"{key}.{k}" if key else k
                 raise ConfigError(f"{where}: missing; it is required")
+        if self.after is not None:
+            library_rule(self.after, out, key)
         return out
+
+
+#: Library parameter names that a pipeline spells differently.
+_ALIASES = {"npartitions": "partitions", "n_points": "points"}
+
+
+def library_rule(rule: Callable[[dict], None], values: dict, key: str) -> None:
+    """Run ``rule(values)``; its ParameterError is reported at the key it names."""
+    try:
+        rule(values)
+    except ParameterError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        text, name = str(exc), exc.param
+        if name is not None and text.startswith(f"{name}:"):
+            text = text[len(name) + 1 :].lstrip()
+            name = _ALIASES.get(name, name)
+            where = f"{key}.{name}" if key else name
+        else:
+            where = key or "pipeline"
+        raise ConfigError(f"{where}: {text}") from None
 
 
 class MapOf(Check):
@@ -255,6 +290,7 @@ class Stage:
     needs_store: bool = True
     outputs: tuple[str, ...] = ()
     function: str | Callable[..., Any] | None = None
+    validate: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -284,8 +320,12 @@ def grid_stage(
     params: Mapping[str, Check],
     *,
     order: int,
+    validate: Callable[[dict], None] | None = None,
 ) -> Stage:
     """A stage that runs ``function(store, **params)`` on the output store in place.
+
+    ``validate(params)`` applies the function's own parameter rules before
+    any work (see :class:`Section`).
 
     ``function`` is a callable or ``"module:name"`` (imported when the stage
     runs). When it takes ``resume``, the stage continues from a checkpoint
@@ -309,7 +349,7 @@ def grid_stage(
         steps = f"{record['steps']} steps" if "steps" in record else "done"
         return f"{steps} in {ctx.store}"
 
-    return Stage(name, run, params, order, function=function)
+    return Stage(name, run, params, order, function=function, validate=validate)
 
 
 def _resolve(function: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -408,16 +448,91 @@ def _evaluate(ctx: Context, p: dict) -> str:
         kwargs["train"] = ctx.input(kwargs["train"])
     ev = evaluate(ctx.store, ctx.input(p.get("input", "test")), **kwargs)
     if "evaluation" in ctx.pipeline.config["outputs"]:
-        out = ctx.output("evaluation")
-        tmp = f"{out}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(ev.to_dict(), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, out)  # whole or not at all
+        from gridflow._staging import write_json
+
+        write_json(ctx.output("evaluation"), ev.to_dict())  # checked by check_outputs
     return ev.format()
 
 
 _KERNELS = Choice("inverse_distance", "box", "gaussian")
+
+
+# --- each stage's own rules, checked before any stage runs --------------------------------
+# They call the parse functions the stages call (same rules, same messages).
+
+
+def _check_synth(p: dict) -> None:
+    from gridflow.synth import PointProcess
+
+    keys = ("dims", "classes", "scale", "seed", "extent", "distribution", "modulo")
+    PointProcess(**{k: p[k] for k in keys if k in p})
+    parts = p.get("partitions")
+    for name, n in p.get("points", {}).items():
+        if parts is not None and parts > n:
+            raise ParameterError(
+                f"partitions: expected at most the points of each input ({name}: {n:,}), "
+                f"got {parts}"
+            )
+
+
+def _check_bin(p: dict) -> None:
+    from gridflow.binning import parse_max_classes
+
+    if "max_classes" in p:
+        parse_max_classes(p["max_classes"])
+
+
+def _check_filter(p: dict) -> None:
+    from gridflow.classify import parse_iterations
+    from gridflow.kernels import parse_kernel
+
+    # The window's kernel, as the stage builds it (sigma matters to "gaussian" only).
+    parse_kernel(
+        p.get("kernel", "inverse_distance"),
+        window=p.get("window", 10),
+        ndim=1,
+        sigma=p.get("sigma"),
+    )
+    parse_iterations(p.get("iterations", 3))
+
+
+def _check_classify(p: dict) -> None:
+    _check_filter(p)
+    tol = p.get("tol", 1e-4)
+    if not 0 <= tol < 1:  # as classify() checks it
+        raise ParameterError(f"tol: expected a fraction in [0, 1), got {tol}")
+
+
+def _check_cluster(p: dict) -> None:
+    from gridflow.cluster import parse_level, parse_min_cells
+    from gridflow.equalize import DEFAULT_CUTS, parse_levels, parse_method
+    from gridflow.kernels import parse_window
+
+    _check_filter(p)
+    cuts = parse_levels(p.get("levels", DEFAULT_CUTS))
+    parse_level(p.get("level", "auto"), len(cuts) + 1)
+    parse_min_cells(p.get("min_cells", 20))
+    parse_method(p.get("method", "cells"))
+    if "fill_window" in p:
+        parse_window(p["fill_window"])
+
+
+def _check_fractal(p: dict) -> None:
+    iterations, burn_in = p.get("iterations", 250), p.get("burn_in", 50)
+    if burn_in > iterations:  # as fractal() checks it
+        raise ParameterError(
+            f"burn_in: expected at most iterations ({iterations}), got {burn_in}; "
+            "lower it or run more iterations"
+        )
+
+
+def _check_evaluate(p: dict) -> None:
+    from gridflow.evaluate import _parse_baseline
+
+    _parse_baseline(
+        p.get("baseline"), p.get("train"), p.get("neighbors", 15), p.get("max_train", 1_000_000)
+    )
+
 
 #: The stage registry, by name. ``order`` sets the pipeline order.
 STAGES: dict[str, Stage] = {
@@ -439,6 +554,7 @@ STAGES: dict[str, Stage] = {
         order=0,
         writes=lambda p: list(p.get("points", {})),
         needs_store=False,
+        validate=_check_synth,
     ),
     "bin": Stage(
         "bin",
@@ -447,9 +563,11 @@ STAGES: dict[str, Stage] = {
             "input": Str(),
             "strategy": Choice("auto", "tree", "chunked"),
             "strict": Bool(),
+            "max_classes": POSITIVE,
         },
         order=10,
         inputs=lambda p: [p.get("input", "train")],
+        validate=_check_bin,
     ),
     "classify": grid_stage(
         "classify",
@@ -470,6 +588,7 @@ STAGES: dict[str, Stage] = {
             "chunks": Either(Choice("auto"), INTS),
         },
         order=20,
+        validate=_check_classify,
     ),
     "cluster": grid_stage(
         "cluster",
@@ -482,7 +601,7 @@ STAGES: dict[str, Stage] = {
             "levels": Either(POSITIVE, ListOf(Float(min=0, max=1))),
             "method": Choice("cells", "distinct"),
             "level": Either(Int(min=0), Choice("auto")),
-            "min_cells": Int(min=0),
+            "min_cells": Int(),
             "connectivity": POSITIVE,
             "fill": Bool(),
             "fill_window": POSITIVE,
@@ -491,6 +610,7 @@ STAGES: dict[str, Stage] = {
             "max_iter": POSITIVE,
         },
         order=30,
+        validate=_check_cluster,
     ),
     "fractal": grid_stage(
         "fractal",
@@ -498,7 +618,7 @@ STAGES: dict[str, Stage] = {
         {
             "iterations": POSITIVE,
             "burn_in": Int(min=0),
-            "seed": Int(min=0),
+            "seed": Int(),
             "start": Choice("auto", "label", "counts"),
             "boundary": Choice("periodic", "open"),
             "record": POSITIVE,
@@ -506,6 +626,7 @@ STAGES: dict[str, Stage] = {
             "method": Choice("auto", "compiled", "reference"),
         },
         order=40,
+        validate=_check_fractal,
     ),
     "predict": Stage(
         "predict",
@@ -535,6 +656,7 @@ STAGES: dict[str, Stage] = {
         },
         order=60,
         inputs=lambda p: [p.get("input", "test")] + ([p["train"]] if "train" in p else []),
+        validate=_check_evaluate,
     ),
 }
 
@@ -543,7 +665,7 @@ _SCHEDULER = Section(
         "scheduler": Str(),
         "workers": POSITIVE,
         "threads": POSITIVE,
-        "memory_limit": Either(Str(), POSITIVE),
+        "memory_limit": Either(Str(), POSITIVE, Float(min=0, max=1)),
         "cores": POSITIVE,
         "walltime": Str(),
         "queue": Str(),
@@ -560,7 +682,8 @@ _GRID = Section(
         "chunks": Either(Choice("auto"), INTS),
         "columns": Either(Str(), ListOf(Str())),
         "label": Str(),
-    }
+    },
+    after=lambda g: _check_grid(g),
 )
 _OUTPUTS = Section(
     {"store": PATH, "predictions": PATH, "evaluation": PATH, "overwrite": Bool()},
@@ -568,8 +691,62 @@ _OUTPUTS = Section(
 )
 
 
+def _check_grid(g: dict) -> None:
+    """The grid's own rules (one dim per entry of a list; the dims come later)."""
+    from gridflow.grid import parse_bins, parse_bounds
+
+    if "bins" in g:
+        bins = g["bins"]
+        parse_bins(bins, len(bins) if isinstance(bins, list) else 1)
+    if "bounds" in g:
+        bounds = g["bounds"]
+        nested = bool(bounds) and isinstance(bounds[0], list)
+        pairs = len(bounds) if nested else max(1, len(bounds) // 2)
+        if nested and any(len(b) != 2 for b in bounds):
+            raise ParameterError(f"bounds: expected [lo, hi] pairs, got {bounds!r}")
+        parse_bounds(bounds, pairs)
+
+
+def _grid_dims(config: dict) -> int | None:
+    """The number of dims the file fixes, if any: grid.columns, or the synth stage's dims."""
+    grid = config.get("grid", {})
+    if isinstance(grid.get("columns"), list):
+        return len(grid["columns"])
+    if isinstance(grid.get("columns"), str):
+        return len([c for c in grid["columns"].split(",") if c.strip()])
+    synth = config["stages"].get("synth")
+    if synth is not None and "bin" in config["stages"]:
+        return synth.get("dims", 2)
+    return None
+
+
+def _check_dims(config: dict) -> None:
+    """Per-dim grid entries and cluster's connectivity against the dims, when known."""
+    from gridflow.components import parse_connectivity
+    from gridflow.grid import parse_bins, parse_bounds, parse_periodic
+
+    ndim = _grid_dims(config)
+    if ndim is None:
+        return
+    grid = config.get("grid", {})
+    checks = {
+        "bins": parse_bins,
+        "bounds": parse_bounds,
+        "periodic": parse_periodic,
+        "chunks": lambda v, n: v == "auto" or parse_bins(v, n),
+    }
+    for key, parse in checks.items():
+        if key in grid:
+            library_rule(lambda g, key=key, parse=parse: parse(g[key], ndim), grid, "grid")
+    cluster = config["stages"].get("cluster") or {}
+    if "connectivity" in cluster:
+        library_rule(
+            lambda p: parse_connectivity(p["connectivity"], ndim), cluster, "stages.cluster"
+        )
+
+
 def _schema() -> Section:
-    stages = Section({name: Section(s.params) for name, s in STAGES.items()})
+    stages = Section({name: Section(s.params, after=s.validate) for name, s in STAGES.items()})
     return Section(
         {
             "version": Choice(1),
@@ -662,6 +839,7 @@ def parse_pipeline(
     config = _schema()(config, "")
     if not config["stages"]:
         raise ConfigError(f"stages: no stage given; expected some of {', '.join(STAGES)}")
+    _check_dims(config)
     pipeline = Pipeline(config, os.path.abspath(os.fspath(workdir or os.getcwd())), source)
     _check_references(pipeline)
     try:
@@ -774,8 +952,10 @@ def _recorded(store: str) -> dict[str, Any]:
 def _record(ctx: Context, done: dict[str, str], history: str | None = None) -> None:
     import zarr
 
+    from gridflow.store import update_attrs
+
     p = ctx.pipeline
-    group = zarr.open_group(ctx.store, mode="r+")
+    group = zarr.open_group(ctx.store, mode="r")
     value = {
         "source": p.source,
         "config": p.config,
@@ -785,7 +965,7 @@ def _record(ctx: Context, done: dict[str, str], history: str | None = None) -> N
     attrs: dict[str, Any] = {PIPELINE_ATTR: json.loads(json.dumps(value))}
     if history is not None:
         attrs["history"] = (group.attrs.get("history", "") + "\n" + history).strip("\n")
-    group.attrs.update(attrs)
+    update_attrs(ctx.store, attrs)
 
 
 @dataclass
@@ -797,40 +977,53 @@ class StageResult:
 
 
 def check_outputs(pipeline: Pipeline, *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before any work, to replace outputs that exist unless allowed.
+    """Refuse, before any work, outputs whose writing would lose data.
 
-    ``overwrite`` (or ``outputs.overwrite``) allows it; ``resume`` allows the
-    outputs of an earlier run of the same pipeline (its store records the
-    same bin digest).
+    No output (the store, the generated inputs, predictions, evaluation)
+    may be, contain or lie inside an input the pipeline reads. An existing
+    output is replaced only when gridflow wrote it, and only with
+    ``overwrite`` (or ``outputs.overwrite``) or ``resume``, which continues
+    an earlier run of the same pipeline (its store records the same bin
+    digest).
     """
+    from gridflow._staging import check_output
+
     config = pipeline.config
-    if overwrite or config["outputs"].get("overwrite", False):
-        return
+    overwrite = overwrite or config["outputs"].get("overwrite", False)
     store = pipeline.path(config["outputs"]["store"])
     hint = "set outputs.overwrite: true or pass --overwrite"
-    if resume:
-        if "bin" in config["stages"] and os.path.exists(store):
-            recorded = _recorded(store).get("done", {})
-            if recorded.get("bin") != pipeline.digests["bin"]:
-                raise ConfigError(
-                    f"outputs.store: {store} was not made by this pipeline's bin stage, so "
-                    f"--resume cannot continue it; {hint}"
-                )
-        return
-    existing = []
-    if "bin" in config["stages"]:
-        existing.append(("outputs.store", store))
+    if resume and not overwrite and "bin" in config["stages"] and os.path.exists(store):
+        recorded = _recorded(store).get("done", {})
+        if recorded.get("bin") != pipeline.digests["bin"]:
+            raise ConfigError(
+                f"outputs.store: {store} was not made by this pipeline's bin stage, so "
+                f"--resume cannot continue it; {hint}"
+            )
+    reads = {} if "bin" in config["stages"] else {"outputs.store": store}
+    outputs = [("outputs.store", store)] if "bin" in config["stages"] else []
     for stage in pipeline.stages:
         params = config["stages"][stage.name]
-        existing += [
+        reads.update(
+            {f"inputs.{n}": pipeline.path(config["inputs"][n]) for n in stage.inputs(params)}
+        )
+        outputs += [
             (f"inputs.{n}", pipeline.path(config["inputs"][n])) for n in stage.writes(params)
         ]
-        existing += [(f"outputs.{o}", pipeline.path(config["outputs"][o])) for o in stage.outputs]
+        outputs += [(f"outputs.{o}", pipeline.path(config["outputs"][o])) for o in stage.outputs]
     if "evaluation" in config["outputs"]:
-        existing.append(("outputs.evaluation", pipeline.path(config["outputs"]["evaluation"])))
-    for key, path in existing:
-        if os.path.lexists(path):
-            raise ConfigError(f"{key}: {path} already exists; {hint} (or --resume)")
+        outputs.append(("outputs.evaluation", pipeline.path(config["outputs"]["evaluation"])))
+    for key, path in outputs:
+        try:
+            check_output(
+                path,
+                overwrite=overwrite or resume,
+                inputs={k: v for k, v in reads.items() if k != key},
+                option=key,
+                hint=f"{hint} (or --resume)",
+                parents=True,
+            )
+        except ParameterError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def memory_plan(

@@ -18,6 +18,13 @@ factor of two (``tests/test_planner.py``). :func:`plan_filter` picks the
 chunk side and the steps fused per round so a worker stays under the
 budget, and warns (:class:`~gridflow.errors.MemoryPlanWarning`) before a
 run that cannot fit even with the smallest chunks.
+
+Binning (:func:`plan_binning`) is planned the same way, and refused up front
+(:class:`~gridflow.errors.GridTooLargeError`) when the dense counts would
+not fit the workers' memory together, or when the strategy's peak would
+not fit one worker: the ``tree`` strategy holds a whole grid per thread
+(and a tree step more), the ``chunked`` one a few copies of one output
+chunk per thread.
 """
 
 from __future__ import annotations
@@ -28,9 +35,17 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gridflow.errors import MemoryPlanWarning
+from gridflow.errors import GridTooLargeError, MemoryPlanWarning
 
-__all__ = ["MemoryPlan", "filter_task_bytes", "format_bytes", "plan_filter"]
+__all__ = [
+    "BinPlan",
+    "MemoryPlan",
+    "check_dense_grid",
+    "filter_task_bytes",
+    "format_bytes",
+    "plan_binning",
+    "plan_filter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +56,11 @@ MAX_CHUNK_CELLS = 2**22
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"):
+        if abs(n) < 1024 or unit == "YiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+    return f"{n:.1f} YiB"  # pragma: no cover
 
 
 def filter_task_bytes(
@@ -211,4 +226,126 @@ def _too_big(plan: MemoryPlan, warn: bool) -> MemoryPlan:
         )
         log.warning(msg)
         warnings.warn(msg, MemoryPlanWarning, stacklevel=3)
+    return plan
+
+
+# --- binning ------------------------------------------------------------------------
+
+#: Bytes of one count (uint32; a grid widens to uint64 only past 2**32 - 1 points).
+COUNT_BYTES = 4
+#: Share of a worker the tree strategy may fill (its grids are not spillable).
+TREE_FRACTION = 0.5
+#: Copies of an output chunk a chunked-binning thread holds: the zeroed chunk,
+#: its slice, the encoded and the compressed bytes.
+CHUNK_COPIES = 4
+
+
+@dataclass(frozen=True)
+class BinPlan:
+    """The strategy of a binning run and its estimated peak memory."""
+
+    strategy: str
+    grid_bytes: int  # the dense counts of the whole grid, uncompressed
+    worker_bytes: int  # the estimated peak of one worker
+    memory: float  # one (the smallest) worker's limit
+    threads: int
+
+    def summary(self) -> str:
+        return (
+            f"{self.strategy} strategy: {format_bytes(self.grid_bytes)} of counts, about "
+            f"{format_bytes(self.worker_bytes)} per worker ({self.threads} threads) of "
+            f"{format_bytes(self.memory)}"
+        )
+
+
+def _cells(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _workers(mem) -> str:
+    if mem.workers == 1:
+        return f"1 worker of {format_bytes(mem.total)}"
+    return f"{mem.workers} workers, {format_bytes(mem.total)} together"
+
+
+def check_dense_grid(
+    shape: Sequence[int], nclasses: int, *, memory=None, classes_known: bool = True
+) -> int:
+    """Refuse a dense grid whose counts would not fit the workers' memory together.
+
+    Returns the counts' bytes. ``memory`` is a
+    :class:`~gridflow.runtime.ClusterMemory` (default: the active cluster's).
+    A grid larger than one worker still bins (chunk by chunk), but one
+    larger than all of them cannot be classified in memory either.
+    ``classes_known=False``: ``nclasses`` is a lower bound (before the data
+    pass that finds the classes).
+    """
+    from gridflow.runtime import cluster_memory
+
+    mem = cluster_memory() if memory is None else memory
+    grid_bytes = COUNT_BYTES * max(int(nclasses), 1) * math.prod(int(b) for b in shape)
+    if grid_bytes > mem.total:
+        classes = f" x {nclasses} classes" if nclasses > 1 else ""
+        least = "" if classes_known else "at least "
+        raise GridTooLargeError(
+            f"bins: a dense grid of {_cells(shape)} cells{classes} needs {least}"
+            f"{format_bytes(grid_bytes)} of counts, more than the workers' memory "
+            f"({_workers(mem)}); use fewer bins, or more workers or memory (--workers, "
+            "--memory-limit); a sparse layout for such grids comes in a later release",
+            param="bins",
+        )
+    return grid_bytes
+
+
+def plan_binning(
+    shape: Sequence[int],
+    nclasses: int,
+    chunks: Sequence[int],
+    *,
+    strategy: str = "auto",
+    memory=None,
+) -> BinPlan:
+    """The binning strategy for a grid of ``shape`` x ``nclasses``, refused when it cannot fit.
+
+    ``"auto"`` picks ``"tree"`` when a worker holds its grids in at most
+    :data:`TREE_FRACTION` of its memory, else ``"chunked"``. Raises
+    :class:`~gridflow.errors.GridTooLargeError` before any work when the
+    counts exceed the workers' memory together (:func:`check_dense_grid`),
+    or the strategy's peak exceeds one worker's memory.
+
+    Examples
+    --------
+    >>> from gridflow.runtime import ClusterMemory
+    >>> plan_binning((400, 400), 5, (400, 400), memory=ClusterMemory(2**33, 1, 2**33, 4)).strategy
+    'tree'
+    """
+    from gridflow.runtime import cluster_memory
+
+    mem = cluster_memory() if memory is None else memory
+    grid_bytes = check_dense_grid(shape, nclasses, memory=mem)
+    threads = max(int(mem.threads), 1)
+    # Every thread holds its chain's grid, and a tree step up to split_every + 1
+    # more (two per thread plus eight is conservative).
+    tree_bytes = grid_bytes * (threads * 2 + 8)
+    chunk_bytes = COUNT_BYTES * max(int(nclasses), 1) * math.prod(int(c) for c in chunks)
+    chunked_bytes = threads * CHUNK_COPIES * chunk_bytes
+    if strategy == "auto":
+        strategy = "tree" if tree_bytes <= TREE_FRACTION * mem.smallest else "chunked"
+    peak = tree_bytes if strategy == "tree" else chunked_bytes
+    plan = BinPlan(strategy, grid_bytes, peak, mem.smallest, threads)
+    if peak > mem.smallest:
+        if strategy == "tree":
+            raise GridTooLargeError(
+                f"strategy: the tree strategy holds a whole grid per thread, about "
+                f"{format_bytes(peak)} per worker ({threads} threads) of "
+                f"{format_bytes(mem.smallest)}; use strategy 'chunked' or fewer bins",
+                param="strategy",
+            )
+        raise GridTooLargeError(
+            f"chunks: chunks of {_cells(chunks)} cells x {nclasses} classes take "
+            f"{format_bytes(chunk_bytes)} each, about {format_bytes(peak)} per worker "
+            f"({threads} threads) of {format_bytes(mem.smallest)}; use smaller chunks",
+            param="chunks",
+        )
+    log.debug("binning plan: %s", plan.summary())
     return plan

@@ -15,14 +15,20 @@ coordinate columns and labels, without copying in-memory data:
 Parquet written by :func:`gridflow.synth.write_points` carries its coordinate
 columns and suggested grid geometry in its metadata; :attr:`PointSource.hints`
 exposes them.
+
+Reading happens in Dask tasks, later; :func:`reading` turns what goes wrong
+there (a damaged Parquet page, a CSV that does not parse, a column whose type
+changes) into one :class:`~gridflow.errors.InputDataError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -31,9 +37,9 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from gridflow.errors import InputDataError
+from gridflow.errors import GridflowError, InputDataError, storage_error
 
-__all__ = ["Block", "PointSource", "open_points", "read_path"]
+__all__ = ["Block", "PointSource", "check_labels", "open_points", "read_path", "reading"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,9 @@ class PointSource:
     categories: tuple | None = None
     hints: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: The files read, and their format ("parquet", "csv", "zarr", ...), when from a path.
+    files: tuple[str, ...] = ()
+    format: str = ""
 
     @property
     def ndim(self) -> int:
@@ -144,10 +153,13 @@ def _open_path(
 ) -> PointSource:
     data, hints = read_path(path)
     if isinstance(data, np.ndarray):
-        return _from_array(data, columns, labels, label, require_label)
-    if isinstance(data, Mapping):
-        return _from_mapping(data, columns, label, labels, require_label, path)
-    return _from_frame(data, columns, label, require_label, path, hints)
+        src = _from_array(data, columns, labels, label, require_label)
+    elif isinstance(data, Mapping):
+        src = _from_mapping(data, columns, label, labels, require_label, path)
+    else:
+        src = _from_frame(data, columns, label, require_label, path, hints)
+    src.files, src.format = _files_of(path)
+    return src
 
 
 def read_path(path: str) -> tuple[Any, dict[str, Any]]:
@@ -163,6 +175,9 @@ def read_path(path: str) -> tuple[Any, dict[str, Any]]:
     if not files or not all(os.path.exists(f) for f in files):
         raise InputDataError(f"points: {path} does not exist; give an existing file or directory")
     first = files[0].rstrip("/")
+    text = _text_files(first) if len(files) == 1 and os.path.isdir(first) else []
+    if text:  # a folder of CSV files
+        files, first = text, text[0]
     lower = first.lower()
     if lower.endswith(".zarr") or any(
         os.path.exists(os.path.join(first, m)) for m in ("zarr.json", ".zgroup")
@@ -170,7 +185,7 @@ def read_path(path: str) -> tuple[Any, dict[str, Any]]:
         return _zarr_columns(first), {}
     if lower.endswith(".npz"):
         with np.load(first) as z:
-            return {k: z[k] for k in z.files}, {}
+            return {k: _npz_array(z, k, first) for k in z.files}, {}
     if lower.endswith(".npy"):
         arr = np.load(first, mmap_mode="r")
         if arr.dtype.names is None:
@@ -180,10 +195,16 @@ def read_path(path: str) -> tuple[Any, dict[str, Any]]:
         raise InputDataError(f"points: {path} is empty; it holds no rows")
     if lower.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
         sep = "\t" if lower.endswith(".tsv") else ","
+        dtype = _csv_dtypes(files, sep) if len(files) > 1 else None
         try:
-            return dd.read_csv(files, sep=sep, blocksize="64MB", assume_missing=False), {}
+            frame = dd.read_csv(files, sep=sep, blocksize="64MB", assume_missing=False, dtype=dtype)
         except pd.errors.EmptyDataError:
             raise InputDataError(f"points: {path} is empty; it holds no rows") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InputDataError(
+                f"points: cannot parse {first} as CSV ({_first_line(exc)}); fix the file"
+            ) from None
+        return frame, {}
     if lower.endswith((".parquet", ".pq")) or os.path.isdir(first):
         from gridflow.synth import read_synth_metadata
 
@@ -195,6 +216,122 @@ def read_path(path: str) -> tuple[Any, dict[str, Any]]:
     raise InputDataError(
         f"points: cannot tell the format of {path}; use .parquet, .csv, .zarr, .npy or .npz"
     )
+
+
+#: Rows of each CSV file read up front to compare the files' column types.
+_SAMPLE_ROWS = 1000
+_TEXT = (".csv", ".csv.gz", ".txt", ".tsv")
+
+
+def _text_files(folder: str) -> list[str]:
+    """The CSV files of a folder holding no Parquet file (else none)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    if any(n.lower().endswith((".parquet", ".pq")) for n in names):
+        return []
+    return [
+        os.path.join(folder, n)
+        for n in names
+        if n.lower().endswith(_TEXT) and not n.startswith((".", "_"))
+    ]
+
+
+def _files_of(path: str) -> tuple[tuple[str, ...], str]:
+    """The files a point path stands for (a glob, a folder), and their format."""
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+    first = files[0].rstrip("/") if files else path
+    lower = first.lower()
+    if lower.endswith(".zarr") or os.path.exists(os.path.join(first, "zarr.json")):
+        return (first,), "zarr"
+    if os.path.isdir(first) and len(files) == 1:
+        text = _text_files(first)
+        if text:
+            return tuple(text), "csv"
+        found = []
+        for root, dirs, names in os.walk(first):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            found += [os.path.join(root, n) for n in sorted(names) if not n.startswith((".", "_"))]
+        return tuple(found), "parquet"
+    if lower.endswith(_TEXT):
+        return tuple(files), "csv"
+    if lower.endswith((".parquet", ".pq")):
+        return tuple(files), "parquet"
+    return tuple(files), lower.rsplit(".", 1)[-1]
+
+
+def _npz_array(z: Any, key: str, path: str) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError:  # an object array: NumPy loads those only by unpickling
+        raise InputDataError(
+            f"points: array {key!r} of {path} holds Python objects (dtype object), which "
+            "gridflow does not unpickle; save it as numbers or strings "
+            "(e.g. np.savez(..., label=labels.astype(str)))"
+        ) from None
+
+
+def _kind(dtype: Any) -> str:
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        return "integers"
+    if pd.api.types.is_float_dtype(dtype):
+        return "floats"
+    return "strings"
+
+
+def _csv_dtypes(files: list[str], sep: str) -> dict[str, str] | None:
+    """Column types the CSV files agree on, read from each file's first rows.
+
+    Integers in one file and floats in another read as floats; numbers in
+    one and strings in another, or files with other columns, are refused
+    naming both files (dask would fail on them later, inside a task).
+    """
+    first: dict[str, tuple[str, str]] = {}  # column -> (kind, file)
+    widen: dict[str, str] = {}
+    columns0: list[str] | None = None
+    for f in files:
+        try:
+            sample = pd.read_csv(f, sep=sep, nrows=_SAMPLE_ROWS)
+        except pd.errors.EmptyDataError:
+            continue
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InputDataError(
+                f"points: cannot parse {f} as CSV ({_first_line(exc)}); fix the file or leave "
+                "it out of the input"
+            ) from None
+        columns = [str(c) for c in sample.columns]
+        if columns0 is None:
+            columns0 = columns
+        elif columns != columns0:
+            raise InputDataError(
+                f"points: {f} has the columns {', '.join(columns)} but {files[0]} has "
+                f"{', '.join(columns0)}; give every file the same columns"
+            )
+        for c in columns:
+            kind = _kind(sample[c].dtype)
+            if len(sample[c].dropna()) == 0:
+                continue  # no value seen yet: any type fits
+            if c not in first:
+                first[c] = (kind, f)
+                continue
+            seen, where = first[c]
+            if seen != kind and "strings" in (seen, kind):
+                raise InputDataError(
+                    f"points: column {c!r} holds {seen} in {where} but {kind} in {f}; use one "
+                    f"type of {c} in every file (all numbers or all strings)"
+                )
+            if seen != kind:
+                widen[c] = "float64"
+    return widen or None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = "".join(ch for ch in lines[0] if ch.isprintable())  # no control bytes on a terminal
+    return text.strip().rstrip(".:").strip() or type(exc).__name__
 
 
 def _empty_file(files: list[str]) -> bool:
@@ -274,6 +411,23 @@ def _coord_array(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def check_labels(labels: np.ndarray, label: str | None = None) -> None:
+    """Refuse labels that are not one integer or string per row (lists, dicts, arrays)."""
+    if labels.dtype != object or pd.api.types.infer_dtype(labels, skipna=True) != "mixed":
+        return
+    scalar = (str, bytes, int, float, bool, np.generic)
+    bad = next((v for v in labels if v is not None and not isinstance(v, scalar)), None)
+    if bad is None:
+        return
+    name = f" {label!r}" if label else ""
+    example = repr(bad)
+    example = example if len(example) <= 40 else example[:37] + "..."
+    raise InputDataError(
+        f"points: the label column{name} holds {type(bad).__name__} values (e.g. {example}); "
+        "labels must be one integer or string per row"
+    )
+
+
 def _label_array(s: pd.Series, codes: bool) -> np.ndarray:
     """Labels of one partition: category codes when the categories are the
     same in every partition, else the values (NaN/None for missing)."""
@@ -324,8 +478,11 @@ def _is_numeric_dtype(dtype: Any) -> bool:
 def _label_kind(dtype: Any, label: str, description: str) -> tuple[str, tuple | None]:
     """'int', 'float' (integral floats, NaN = missing), 'str' or 'category'."""
     if isinstance(dtype, pd.CategoricalDtype):
+        from dask.dataframe.utils import UNKNOWN_CATEGORIES
+
         cats = dtype.categories
-        if cats is None or len(cats) == 0:
+        # dask's meta of a Parquet categorical holds a placeholder, not the categories.
+        if cats is None or len(cats) == 0 or UNKNOWN_CATEGORIES in cats:
             return "category", None
         return "category", tuple(cats.tolist())
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
@@ -452,3 +609,127 @@ def _array_blocks(cols: list[Any], labels: Any, n: int) -> list[Any]:
 
 def _make_block(cols: tuple[np.ndarray, ...], labels: np.ndarray | None) -> Block:
     return Block(tuple(cols), labels)
+
+
+# --- reading failures, as one line -----------------------------------------------------
+
+_MISMATCH = re.compile(r"^\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|$", re.M)
+_DECODE = re.compile(r"decompress|decod|codec|corrupt|checksum|crc|invalid input", re.I)
+
+
+@contextlib.contextmanager
+def reading(src: PointSource) -> Iterator[None]:
+    """Computations of the ``with`` block read ``src``: their read failures become one line.
+
+    A damaged Parquet page, a CSV that does not parse, a column whose type
+    changes part way (dask's "Mismatched dtypes"), a damaged Zarr chunk, a
+    file that cannot be read: an :class:`~gridflow.errors.InputDataError`
+    naming the file (found by reading each file again when the input has
+    several), or a :class:`~gridflow.errors.StorageError`. Anything else
+    is raised as it is.
+
+    Examples
+    --------
+    >>> src = open_points(np.zeros((4, 2)), labels=np.zeros(4, int))
+    >>> with reading(src):
+    ...     _ = dask.compute(*src.blocks)
+    """
+    try:
+        yield
+    except GridflowError:
+        raise
+    except Exception as exc:
+        error = read_error(exc, src)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def read_error(exc: BaseException, src: PointSource) -> GridflowError | None:
+    """The one-line error for a failure while reading ``src``, or None if it is not one."""
+    disk = storage_error(exc)
+    if disk is not None:
+        return disk
+    text = str(exc)
+    where = src.description or "the points"
+    if isinstance(exc, ValueError) and "Mismatched dtypes" in text:
+        rows = [m.groups() for m in _MISMATCH.finditer(text) if m.group(1) != "Column"]
+        if rows:
+            column, found, expected = rows[0]
+            return InputDataError(
+                f"points: column {column!r} of {where} holds {_kind(found)} ({found}) where its "
+                f"first rows hold {_kind(expected)} ({expected}); give the column one type in "
+                "every row and file"
+            )
+        return InputDataError(
+            f"points: the column types of {where} change part way; give each column one type"
+        )
+    if not _is_read_failure(exc):
+        return None
+    reason = _first_line(exc)
+    if src.format == "zarr":
+        return InputDataError(
+            f"points: cannot read {where}: a chunk is damaged ({reason}); write the store again"
+        )
+    path = where
+    if len(src.files) > 1:
+        found = _damaged_file(src)
+        if found is not None:
+            path, reason = found
+    elif src.files:
+        path = src.files[0]
+    if src.format == "csv":
+        return InputDataError(
+            f"points: cannot parse {path} as CSV ({reason}); fix the file or leave it out "
+            "of the input"
+        )
+    return InputDataError(
+        f"points: cannot read {path} as Parquet ({reason}); the file is damaged or "
+        "truncated: write it again, or leave it out of the input"
+    )
+
+
+def _is_read_failure(exc: BaseException) -> bool:
+    try:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowException):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, (pd.errors.ParserError, UnicodeDecodeError, EOFError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno is None:  # pyarrow's IOError status
+        return True
+    return isinstance(exc, (RuntimeError, ValueError)) and bool(_DECODE.search(str(exc)))
+
+
+def _probe(path: str, fmt: str, columns: tuple[str, ...]) -> str | None:
+    """Why one file of a source cannot be read, or None."""
+    try:
+        if fmt == "csv":
+            sep = "\t" if path.lower().endswith(".tsv") else ","
+            pd.read_csv(path, sep=sep)
+        else:
+            import pyarrow.parquet as pq
+
+            f = pq.ParquetFile(path)
+            names = set(f.schema_arrow.names)
+            f.read(columns=[c for c in columns if c in names])
+    except Exception as exc:
+        return _first_line(exc)
+    return None
+
+
+def _damaged_file(src: PointSource) -> tuple[str, str] | None:
+    """The first file of ``src`` that does not read, and why (one more pass, on failure only)."""
+    wanted = tuple(c for c in (*src.columns, src.label) if c)
+    probes = [dask.delayed(_probe)(f, src.format, wanted) for f in src.files]
+    try:
+        reasons = dask.compute(*probes)
+    except Exception:  # pragma: no cover - the probe itself failed: name the source
+        return None
+    for f, reason in zip(src.files, reasons, strict=True):
+        if reason is not None:
+            return f, reason
+    return None

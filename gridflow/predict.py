@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
 
-from gridflow._staging import staged_directory
+from gridflow._staging import check_output, staged_directory
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import BLOCK_ROWS, Block, open_points, read_path
-from gridflow.store import STAGE_VARIABLES, as_grid, grid_spec
+from gridflow.store import STAGE_VARIABLES, as_grid, grid_spec, refuse_incomplete
 
 __all__ = ["PredictResult", "predict", "predict_to_parquet"]
 
@@ -182,6 +182,7 @@ class _Grid:
 
 
 def _missing_variable(ds: Any, variable: str) -> StoreError:
+    refuse_incomplete(ds, variable, needed_by="predict")
     stage = next((s for s, names in STAGE_VARIABLES.items() if variable in names), None)
     have = ", ".join(map(str, ds.data_vars)) or "none"
     fix = (
@@ -543,7 +544,8 @@ def predict_to_parquet(
     probabilities : bool, optional
         Write the probability columns; default: when the grid stores them.
     overwrite : bool, default False
-        Replace an existing ``out``.
+        Replace an existing ``out`` that gridflow wrote (never anything
+        else). ``out`` is never the grid's store or the points.
 
     Returns
     -------
@@ -556,13 +558,7 @@ def predict_to_parquet(
     {'rows': 1000, 'predicted': 990, 'no_cell': 10, 'unlabeled_cell': 0}
     """
     out = os.path.abspath(os.fspath(out))
-    if os.path.lexists(out) and not overwrite:
-        raise ParameterError(
-            f"out: {out} already exists; pass overwrite=True (--overwrite) to replace it"
-        )
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise ParameterError(f"out: the directory {parent} does not exist; create it first")
+    check_output(out, overwrite=overwrite, inputs={"the grid": grid, "the points": points})
     ds = as_grid(grid)
     if probabilities is None:
         probabilities = "probability" in ds.data_vars

@@ -18,20 +18,22 @@ frequent class (ties to the lowest) for ``label`` and ``fractal``.
 Animations (GIF with Pillow; MP4 through imageio when imageio-ffmpeg is
 installed) show the frames a stage recorded, such as ``fractal_frames``
 from ``gridflow fractal --record K``. Every file is written beside its
-target and renamed into place, so no half-written image is left behind.
+target and renamed into place, so no half-written image is left behind;
+each records gridflow as its writer (PNG ``Software``, GIF and MP4
+comment), and an existing file is replaced only when gridflow wrote it,
+never over the grid's store.
 """
 
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import os
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from gridflow._staging import check_output, signature, staged_file
 from gridflow.errors import ParameterError, StoreError
 
 __all__ = ["animate", "image", "palette", "render", "render_all"]
@@ -150,6 +152,9 @@ def _shown_dims(dims: Any, spatial: Sequence[str], sliced: Mapping[str, int]) ->
 
 
 def _variable(grid: Any, var: str) -> Any:
+    from gridflow.store import refuse_incomplete
+
+    refuse_incomplete(grid, var, needed_by="render")
     if var not in grid:
         raise StoreError(
             f"render: the grid has no {var!r}; run `gridflow {STAGE[var]} STORE` first"
@@ -296,30 +301,30 @@ def image(
 # --- files ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _staged_file(path: str) -> Iterator[str]:
-    """A temporary sibling of ``path`` (same extension) renamed into place on success."""
-    path = os.path.abspath(os.fspath(path))
-    folder, name = os.path.split(path)
-    if not os.path.isdir(folder):
-        raise ParameterError(f"out: the directory {folder} does not exist; create it first")
-    root, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{root}.tmp-{uuid.uuid4().hex[:12]}{ext}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+def _image_path(
+    path: str | os.PathLike,
+    grid: Any,
+    option: str,
+    suffixes: tuple[str, ...],
+    *,
+    parents: bool = False,
+) -> str:
+    """``path``, checked before any drawing: its suffix, and that writing it
+    replaces at most an image gridflow wrote and never touches the grid's store."""
+    path = os.fspath(path)
+    if not path.lower().endswith(suffixes):
+        raise ParameterError(f"{option}: expected a {' or '.join(suffixes)} path, got {path!r}")
+    check_output(path, overwrite=True, inputs={"the grid": grid}, option=option, parents=parents)
+    return path
 
 
 def _save_png(rgb: np.ndarray, path: str) -> None:
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
-    if not str(path).lower().endswith(".png"):
-        raise ParameterError(f"out: expected a .png path, got {path!r}")
-    with _staged_file(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", signature())
+    with staged_file(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG", pnginfo=info)
 
 
 def render(
@@ -346,11 +351,14 @@ def render(
     """
     if out is None and animation is None:
         raise ParameterError("render: nothing to write; give out (a .png) and/or an animation")
+    if animation is not None:
+        _image_path(animation, grid, "animation", (".gif", ".mp4"))
     written = []
     if out is not None:
+        out = _image_path(out, grid, "out", (".png",))
         rgb = image(grid, var, slices=slices, dims=dims, project=project, scale=scale)
-        _save_png(rgb, os.fspath(out))
-        written.append(os.fspath(out))
+        _save_png(rgb, out)
+        written.append(out)
     if animation is not None:
         kwargs = {"slices": slices, "dims": dims, "project": project, "scale": scale, "fps": fps}
         written.append(animate(grid, var, animation, **kwargs))
@@ -382,17 +390,14 @@ def animate(
         )
     if not fps > 0:
         raise ParameterError(f"fps: expected frames per second > 0, got {fps!r}")
-    out = os.fspath(out)
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in (".gif", ".mp4"):
-        raise ParameterError(f"animation: expected a .gif or .mp4 path, got {out!r}")
+    out = _image_path(out, grid, "animation", (".gif", ".mp4"))
     frames_var = view.grid[name]
     vrange = _range(frames_var, var)
     axis = frames_var.dims[0]
     frames = [
         view.draw(frames_var.isel({axis: i}), vrange, scale) for i in range(frames_var.sizes[axis])
     ]
-    if ext == ".gif":
+    if out.lower().endswith(".gif"):
         _save_gif(frames, out, fps)
     else:
         _save_mp4(frames, out, fps)
@@ -403,7 +408,7 @@ def _save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames]
-    with _staged_file(path) as tmp:
+    with staged_file(path) as tmp:
         images[0].save(
             tmp,
             format="GIF",
@@ -411,6 +416,7 @@ def _save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
             append_images=images[1:],
             duration=max(1, round(1000 / fps)),
             loop=0,
+            comment=signature(),
         )
 
 
@@ -427,8 +433,15 @@ def _save_mp4(frames: list[np.ndarray], path: str, fps: float) -> None:
     h, w = frames[0].shape[:2]
     pad = ((0, h % 2), (0, w % 2), (0, 0))
     stack = np.stack([np.pad(f, pad, mode="edge") for f in frames])
-    with _staged_file(path) as tmp:
-        iio.imwrite(tmp, stack, fps=fps, codec="libx264", macro_block_size=2)
+    with staged_file(path) as tmp:
+        iio.imwrite(
+            tmp,
+            stack,
+            fps=fps,
+            codec="libx264",
+            macro_block_size=2,
+            output_params=["-metadata", f"comment={signature()}"],
+        )
 
 
 def render_all(
@@ -443,7 +456,9 @@ def render_all(
 
     Also ``fractal.gif`` when the grid holds recorded fractal frames and
     ``animation`` is true. N-D grids show their first two dims, the others
-    projected. Returns ``{name: path}``.
+    projected. ``out_dir`` may hold other files; of those, only images
+    gridflow wrote are replaced, and all are checked before any drawing.
+    Returns ``{name: path}``.
 
     Examples
     --------
@@ -452,16 +467,23 @@ def render_all(
     """
     from gridflow import store as store_mod
 
-    grid = store_mod.as_grid(grid)
+    source, grid = grid, store_mod.as_grid(grid)
     out_dir = os.fspath(out_dir)
+    names = [var for var in CATEGORICAL + GREY if var in grid]
+    files = {var: f"{var}.png" for var in names}
+    if animation and "fractal_frames" in grid:
+        files["fractal.gif"] = "fractal.gif"
+    paths = {
+        name: _image_path(os.path.join(out_dir, file), source, "all", (file[-4:],), parents=True)
+        for name, file in files.items()
+    }
     os.makedirs(out_dir, exist_ok=True)
     written = {}
-    for var in CATEGORICAL + GREY:
-        if var in grid:
-            path = os.path.join(out_dir, f"{var}.png")
-            _save_png(image(grid, var, scale=scale), path)
-            written[var] = path
-    if animation and "fractal_frames" in grid:
-        path = os.path.join(out_dir, "fractal.gif")
-        written["fractal.gif"] = animate(grid, "fractal", path, scale=scale, fps=fps)
+    for var in names:
+        _save_png(image(grid, var, scale=scale), paths[var])
+        written[var] = paths[var]
+    if "fractal.gif" in paths:
+        written["fractal.gif"] = animate(
+            grid, "fractal", paths["fractal.gif"], scale=scale, fps=fps
+        )
     return written

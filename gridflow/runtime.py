@@ -36,15 +36,20 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from gridflow.errors import MissingDependencyError, ParameterError
+from gridflow.errors import ClusterError, MissingDependencyError, ParameterError
 
 __all__ = [
     "JOBQUEUE",
+    "ClusterMemory",
     "SchedulerOptions",
     "active_client",
     "client",
+    "cluster_memory",
     "dashboard_link",
     "job_script",
+    "parse_memory_limit",
+    "quiet_task_errors",
+    "wait_for_running_tasks",
     "worker_memory",
 ]
 
@@ -53,6 +58,45 @@ log = logging.getLogger(__name__)
 #: Scheduler names backed by dask-jobqueue, and their cluster classes.
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 _NAMED = ("local", "mpi", "gpu", *JOBQUEUE)
+
+
+#: The smallest memory limit taken as meant (no Dask worker runs in less).
+MIN_MEMORY = 2**24
+
+
+def parse_memory_limit(memory_limit: str | int | float | None) -> str | int | float | None:
+    """Check a memory limit: ``"4GB"``, ``"512 MiB"``, bytes, a fraction of this
+    machine's memory (``0.5``), ``"auto"``, or None (not given); returned as given.
+
+    The rules are distributed's; sizes under 16 MiB are refused as typos.
+
+    Examples
+    --------
+    >>> parse_memory_limit("4GB")
+    '4GB'
+    """
+    from dask.utils import parse_bytes
+
+    expected = "memory_limit: expected a size like 4GB (or 512MiB, or 'auto')"
+    if memory_limit is None or memory_limit == "auto":
+        return memory_limit
+    value: float
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (str, int, float)):
+        raise ParameterError(f"{expected}, got {memory_limit!r}")
+    if isinstance(memory_limit, str):
+        try:
+            value = float(memory_limit)  # distributed reads numbers as bytes or a fraction
+        except ValueError:
+            try:
+                value = parse_bytes(memory_limit) if memory_limit.strip() else 0
+            except (ValueError, TypeError):
+                value = 0
+    else:
+        value = float(memory_limit)
+    fraction = 0 < value <= 1 and not (isinstance(memory_limit, int))
+    if not (fraction or MIN_MEMORY <= value < float("inf")):  # NaN fails both
+        raise ParameterError(f"{expected}, got {memory_limit!r}")
+    return memory_limit
 
 
 @dataclass(frozen=True)
@@ -81,6 +125,7 @@ class SchedulerOptions:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ParameterError(f"{name}: expected a positive integer, got {value!r}")
+        parse_memory_limit(self.memory_limit)
         s = self.scheduler or "local"
         object.__setattr__(self, "scheduler", s)
         if not (s in _NAMED or s.endswith(".json") or "://" in s):
@@ -162,15 +207,38 @@ def client(
 
         if not os.path.exists(s):
             raise ParameterError(f"scheduler: the scheduler file {s} does not exist")
-        with Client(scheduler_file=s, security=security) as c:
+        with _connect(lambda: Client(scheduler_file=s, security=security), s) as c:
             log.info("connected through %s (dashboard %s)", s, c.dashboard_link)
             yield c
     else:
         from distributed import Client
 
-        with Client(s, security=security) as c:
+        with _connect(lambda: Client(s, security=security), s) as c:
             log.info("connected to %s (dashboard %s)", s, c.dashboard_link)
             yield c
+
+
+def _connect(make: Any, where: str) -> Any:
+    """``make()`` (a Client of a running scheduler), or one line when it cannot be reached.
+
+    distributed retries for ``distributed.comm.timeouts.connect`` (30 s by
+    default; ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s`` changes it).
+    """
+    import dask
+    from dask.utils import parse_timedelta
+
+    try:
+        return make()
+    except (OSError, TimeoutError) as exc:
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = "" if first.startswith("Timed out") else f" ({first})"
+        raise ClusterError(
+            f"scheduler: cannot reach the Dask scheduler at {where} within {timeout:g} s{why}; "
+            "check the address and that the scheduler runs, or leave --scheduler out for a "
+            "local cluster",
+            param="scheduler",
+        ) from None
 
 
 def _threads(opts: SchedulerOptions, workers: int) -> int:
@@ -359,6 +427,66 @@ def _gpu(opts: SchedulerOptions) -> Iterator[Any]:
         yield c
 
 
+#: What distributed's workers log about a failing task, and about the teardown
+#: that follows when the command stops on it (tasks cancelled, scheduler gone).
+_TASK_FAILURE = (
+    "Compute Failed",
+    "Async instruction for",
+    "Failed to communicate with scheduler during heartbeat",
+)
+
+
+class _NoTaskFailure(logging.Filter):
+    """Drops distributed's own report of a task's exception (the caller reports it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TASK_FAILURE)
+
+
+def _quiet_here() -> None:
+    for name in ("distributed.worker", "distributed.worker.state_machine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTaskFailure) for f in logger.filters):
+            logger.addFilter(_NoTaskFailure())
+
+
+def quiet_task_errors(c: Any = None) -> None:
+    """Silence distributed's "Compute Failed" log of a failing task.
+
+    The caller reports the exception itself (the CLI prints one line).
+    Without a client: in this process (an in-process cluster's workers);
+    with one: also in the processes of its workers. Only for clusters the
+    caller started: a shared cluster's logs are its owner's.
+    """
+    _quiet_here()
+    if c is not None:
+        with contextlib.suppress(Exception):  # only noise: never fail a run for it
+            c.run(_quiet_here)
+
+
+def _running_tasks(dask_worker: Any) -> int:
+    return len(dask_worker.state.all_running_tasks)
+
+
+def wait_for_running_tasks(timeout: float = 10.0) -> None:
+    """Wait (at most ``timeout`` s) until no task runs on the active cluster's workers.
+
+    A computation that failed on one task returns while its other tasks
+    still run; a caller cleaning up what they write waits for them first.
+    """
+    import time
+
+    c = active_client()
+    end = time.monotonic() + timeout
+    while c is not None and time.monotonic() < end:
+        try:
+            if not any(c.run(_running_tasks).values()):
+                return
+        except Exception:  # a worker gone meanwhile: nothing more to wait for there
+            return
+        time.sleep(0.05)
+
+
 def active_client() -> Any:
     """The Dask client of the running ``with client()`` block, or None."""
     try:
@@ -367,6 +495,35 @@ def active_client() -> Any:
         return get_client()
     except (ImportError, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class ClusterMemory:
+    """Memory of the active cluster's workers (this machine's without a client)."""
+
+    total: float  # bytes, every worker together
+    workers: int
+    smallest: float  # bytes of the smallest worker
+    threads: int  # tasks the smallest worker runs at once
+
+
+def cluster_memory() -> ClusterMemory:
+    """The workers' memory: all of them, and the smallest (see :func:`worker_memory`).
+
+    A worker without a limit counts as this machine's memory.
+    """
+    import psutil
+
+    machine = float(psutil.virtual_memory().total)
+    c = active_client()
+    if c is not None:
+        workers = c.scheduler_info(n_workers=-1)["workers"].values()
+        limits = [(float(w.get("memory_limit") or machine), w.get("nthreads", 1)) for w in workers]
+        if limits:
+            smallest, threads = min(limits)
+            total = sum(m for m, _ in limits)
+            return ClusterMemory(total, len(limits), smallest, int(threads))
+    return ClusterMemory(machine, 1, machine, os.cpu_count() or 1)
 
 
 def worker_memory() -> tuple[float, int]:

@@ -16,23 +16,53 @@ original class names. Global attributes:
 ``history``
     one line per command that wrote the store (CF convention, newest last).
 
-A new store is written into a temporary sibling directory and renamed into
-place when complete, so a failed or interrupted run never leaves a store
-that opens as valid.
+Data safety (DESIGN.md §4.2) lives here, once, for every command:
+
+- **one writer**: :func:`writer_lock` takes ``<store>/.gridflow-lock`` (pid,
+  host, command) for the whole of a writing command; a second writer is
+  refused with the holder named (:class:`~gridflow.errors.StoreBusyError`),
+  a stale lock (dead pid on this host) is taken over with a warning;
+- **whole stages**: :func:`write_stage` writes a stage's variables into
+  ``_gridflow_staging/`` inside the store, then invalidates the stage's
+  marker, moves the variables into place and writes the marker (the stage's
+  entry of ``gridflow_stages``) and the consolidated metadata in one atomic
+  replacement of the root ``zarr.json``. A failure before the swap leaves
+  the previous state valid; a kill during it leaves the stage listed in
+  ``gridflow_incomplete``, which :func:`open_grid` drops and ``info``
+  reports;
+- a new store (``bin``) is written into a temporary sibling directory and
+  renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
+import re
+import shutil
+import socket
+import sys
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from gridflow._staging import staged_directory
-from gridflow.errors import ParameterError, StoreError
+from gridflow._staging import check_output, remove_when_idle, staged_directory
+from gridflow.errors import (
+    EmptyGridWarning,
+    GridflowError,
+    ParameterError,
+    StaleLockWarning,
+    StoreBusyError,
+    StoreError,
+    storage_error,
+)
 from gridflow.grid import GridSpec
 
 __all__ = [
@@ -42,10 +72,18 @@ __all__ = [
     "counts_dataset",
     "grid_spec",
     "history_line",
+    "incomplete_stages",
     "is_gridflow_store",
     "open_grid",
+    "refuse_incomplete",
+    "require_stage",
+    "stage_attrs",
     "summary",
+    "update_attrs",
     "write_new_store",
+    "write_stage",
+    "writer_lock",
+    "writes_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,9 +94,32 @@ FORMAT_VERSION = 1
 STAGE_VARIABLES = {
     "bin": ("counts",),
     "classify": ("label", "confidence", "density", "probability"),
-    "cluster": ("level", "cluster"),
-    "fractal": ("fractal",),
+    "cluster": (
+        "level",
+        "cluster",
+        "node_level",
+        "node_parent",
+        "node_cells",
+        "node_mass",
+        "node_cluster",
+        "node",
+    ),
+    "fractal": ("fractal", "fractal_frames", "fractal_iteration"),
 }
+
+#: The writer's lock: a folder in the store's root.
+LOCK = "_gridflow_lock"
+#: Seconds between a writer's touches of its lock, and the silence after which
+#: the lock of a writer on another host counts as stale.
+HEARTBEAT = 30.0
+STALE_AFTER = 600.0
+#: Folders of the store that are gridflow's own bookkeeping, not variables.
+STAGING = "_gridflow_staging"
+_INTERNAL = ("_gridflow_checkpoint", STAGING, LOCK)
+#: Root attribute listing the stages whose write began and did not finish.
+INCOMPLETE = "gridflow_incomplete"
+#: Temporary siblings of an interrupted ``staged_directory`` write.
+_TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{12}$")
 
 
 def _version() -> str:
@@ -128,44 +189,441 @@ def is_gridflow_store(path: str | os.PathLike) -> bool:
     return "gridflow_format" in (doc.get("attributes") or {})
 
 
-def check_writable(path: str | os.PathLike, *, overwrite: bool) -> None:
-    """Refuse to clobber an existing store unless asked, and never a foreign one."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise StoreError(f"store: the directory {parent} does not exist; create it first")
-        return
-    if not overwrite:
-        raise StoreError(f"store: {path} already exists; pass --overwrite to replace it")
-    if not is_gridflow_store(path):
-        raise StoreError(
-            f"store: refusing to replace {path}: it is not a gridflow store; choose another path"
+def check_writable(
+    path: str | os.PathLike, *, overwrite: bool, inputs: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a new store's path that would lose data (see :func:`check_output`).
+
+    An existing path is replaced only with ``overwrite`` and only when
+    gridflow wrote it; the store is never one of ``inputs`` (``{"the
+    points": path}``), nor inside or around one. Raises :class:`StoreError`.
+    """
+    try:
+        check_output(path, overwrite=overwrite, inputs=inputs, option="store")
+    except ParameterError as exc:
+        raise StoreError(str(exc)) from None
+
+
+# --- the writer's lock ----------------------------------------------------------------
+
+_held: dict[str, int] = {}  # real path -> depth, for this process
+_held_guard = threading.Lock()
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused pid apart), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _lock_doc(command: str | None) -> dict[str, Any]:
+    pid = os.getpid()
+    return {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "process_start": _process_start(pid),
+        "since": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command
+        or " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)),
+    }
+
+
+def _read_lock(lock: str) -> dict[str, Any] | None:
+    """The writer named by a lock folder, or None (unreadable or being written)."""
+    try:
+        doc = _read_json(os.path.join(lock, "zarr.json"))["attributes"]["gridflow_lock"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("pid"), int) else None
+
+
+def _lock_is_live(doc: dict[str, Any], lock: str) -> bool:
+    """Whether the lock's writer may still run.
+
+    On this host the pid (and its start time) tells. A writer on another
+    host touches its lock every :data:`HEARTBEAT` seconds; one silent for
+    :data:`STALE_AFTER` seconds is taken for dead (a batch job requeued on
+    another node must not wait for a writer that was killed).
+    """
+    if doc.get("host") != socket.gethostname():
+        try:
+            age = _dt.datetime.now().timestamp() - os.stat(os.path.join(lock, "zarr.json")).st_mtime
+        except OSError:
+            return True
+        return age < STALE_AFTER
+    pid = doc["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = doc.get("process_start")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _busy(store: str, lock: str, doc: dict[str, Any] | None) -> StoreBusyError:
+    if doc is None:
+        who = "another gridflow process"
+    else:
+        who = f"pid {doc['pid']} on host {doc.get('host')}"
+        if doc.get("command"):
+            who += f" ({doc['command']}, since {doc.get('since')})"
+    return StoreBusyError(
+        f"store: {store} is being written by {who}; wait for it or remove the stale lock "
+        f"with `rm -r {lock}`"
+    )
+
+
+def _acquire(store: str, command: str | None) -> str:
+    # The lock is a folder (made atomically by mkdir) holding a Zarr group
+    # document whose attributes name the writer, so Zarr sees a valid group.
+    lock = os.path.join(store, LOCK)
+    mine = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"gridflow_lock": _lock_doc(command)},
+    }
+    for _ in range(5):
+        try:
+            os.mkdir(lock)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder is None:
+                # Being written this instant, or garbage: busy unless it is old.
+                try:
+                    age = _dt.datetime.now().timestamp() - os.stat(lock).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < 10:
+                    raise _busy(store, lock, None) from None
+            elif _lock_is_live(holder, lock):
+                raise _busy(store, lock, holder) from None
+            # Stale: move it aside (only one taker wins the rename), check it is
+            # the lock judged stale, and take the store.
+            aside = f"{lock}.stale-{uuid.uuid4().hex[:12]}"
+            try:
+                os.rename(lock, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved is not None and holder is not None and moved != holder:
+                with contextlib.suppress(OSError):  # a live writer's, taken meanwhile
+                    os.rename(aside, lock)
+                continue
+            shutil.rmtree(aside, ignore_errors=True)
+            what = (
+                f"pid {holder['pid']} on host {holder.get('host')} no longer runs"
+                if holder is not None
+                else "its lock was unreadable"
+            )
+            warnings.warn(
+                f"store: took over the writer lock of {store}: {what}",
+                StaleLockWarning,
+                stacklevel=4,
+            )
+            continue
+        except OSError as exc:
+            raise _os_error(exc, store) from None
+        try:
+            with open(os.path.join(lock, "zarr.json"), "w") as f:
+                json.dump(mine, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            shutil.rmtree(lock, ignore_errors=True)
+            raise _os_error(exc, store) from None
+        return lock
+    raise _busy(store, lock, _read_lock(lock))
+
+
+def _os_error(exc: OSError, store: str) -> GridflowError:
+    """A write that the filesystem refused, as one line naming the store."""
+    found = storage_error(exc, store)
+    if found is not None:
+        return found
+    return StoreError(f"store: cannot write {store}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, *, command: str | None = None) -> Iterator[None]:
+    """Hold ``path``'s writer lock for the ``with`` block (re-entrant in a process).
+
+    Raises
+    ------
+    StoreBusyError
+        When another live process holds it; the message names the holder.
+    StoreError
+        When the store cannot be written (read-only filesystem, no space).
+
+    Examples
+    --------
+    >>> with writer_lock("grid.zarr"):  # doctest: +SKIP
+    ...     pass  # no other gridflow process writes grid.zarr here
+    """
+    store = os.path.realpath(os.fspath(path))
+    if not os.path.isdir(store):
+        raise StoreError(f"store: {path} does not exist; create it with `gridflow bin`")
+    _root_doc(store)  # never lock a folder that is not a gridflow store
+    with _held_guard:
+        depth = _held.get(store, 0)
+        if depth:
+            _held[store] = depth + 1
+    if not depth:
+        lock = _acquire(store, command)
+        with _held_guard:
+            _held[store] = 1
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=_heartbeat, args=(lock, stop), name="gridflow-lock", daemon=True
         )
+        beat.start()
+    try:
+        yield
+    finally:
+        if not depth:
+            stop.set()
+        with _held_guard:
+            _held[store] -= 1
+            last = _held[store] == 0
+            if last:
+                del _held[store]
+        if not depth and last:
+            doc = _read_lock(lock)
+            if doc is not None and doc.get("pid") == os.getpid():
+                shutil.rmtree(lock, ignore_errors=True)
 
 
-def write_new_store(ds: Any, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+def abandon_writes() -> None:
+    """Give back this process's locks and drop its staging folders, for a
+    process about to end at once (SIGTERM): checkpoints and markers are
+    valid at every moment, so nothing else needs undoing."""
+    with _held_guard:
+        stores = list(_held)
+        _held.clear()
+    for store in stores:
+        shutil.rmtree(os.path.join(store, STAGING), ignore_errors=True)
+        lock = os.path.join(store, LOCK)
+        doc = _read_lock(lock)
+        if doc is not None and doc.get("pid") == os.getpid():
+            shutil.rmtree(lock, ignore_errors=True)
+
+
+def _heartbeat(lock: str, stop: threading.Event) -> None:
+    meta = os.path.join(lock, "zarr.json")
+    while not stop.wait(HEARTBEAT):
+        with contextlib.suppress(OSError):
+            os.utime(meta)
+
+
+# --- the root metadata: attributes, markers, consolidated metadata ---------------------
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_root(store: str, attrs: Mapping[str, Any]) -> None:
+    """Replace the root ``zarr.json`` in one atomic step: ``attrs`` and the
+    consolidated metadata of the store's arrays as they are on disk now."""
+    root = os.path.join(store, "zarr.json")
+    doc = _read_json(root)
+    members = {}
+    for name in sorted(os.listdir(store)):
+        meta = os.path.join(store, name, "zarr.json")
+        if name.startswith((".", *_INTERNAL)) or not os.path.isfile(meta):
+            continue
+        child = _read_json(meta)
+        if child.get("node_type") == "array":
+            members[name] = child
+    doc["attributes"] = json.loads(json.dumps(dict(attrs), default=str))
+    doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": members}
+    tmp = f"{root}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _root_attrs(store: str) -> dict[str, Any]:
+    return dict(_read_json(os.path.join(store, "zarr.json")).get("attributes") or {})
+
+
+def update_attrs(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
+    """Merge ``attrs`` into a store's root attributes (under its writer lock)."""
+    store = os.fspath(path)
+    with writer_lock(store):
+        _write_root(store, {**_root_attrs(store), **attrs})
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Write the consolidated metadata of a store whose arrays were just written."""
+    store = os.fspath(path)
+    _write_root(store, _root_attrs(store))
+
+
+def stage_attrs(
+    attrs: Mapping[str, Any], stage: str, params: Mapping[str, Any], **record: Any
+) -> dict[str, Any]:
+    """``attrs`` with ``stage`` marked complete: its parameters (and ``record``,
+    e.g. the per-step history) in ``gridflow_stages`` and a ``history`` line."""
+    attrs = dict(attrs)
+    stages = dict(attrs.get("gridflow_stages", {}))
+    stages[stage] = {**params, **record}
+    attrs["gridflow_stages"] = stages
+    incomplete = [s for s in attrs.get(INCOMPLETE, []) if s != stage]
+    if incomplete:
+        attrs[INCOMPLETE] = incomplete
+    else:
+        attrs.pop(INCOMPLETE, None)
+    line = history_line(stage, dict(params))
+    attrs["history"] = (attrs.get("history", "") + "\n" + line).strip("\n")
+    return attrs
+
+
+#: Zarr fill values of the stages' label layers: a chunk never written reads as unlabeled.
+FILL_VALUES = {"label": -1, "cluster": -1, "fractal": -1, "fractal_frames": -1}
+
+
+def write_stage(
+    path: str | os.PathLike,
+    stage: str,
+    variables: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    coords: Mapping[str, Any] | None = None,
+    encoding: Mapping[str, Mapping[str, Any]] | None = None,
+    extra: Any = None,
+    record: Callable[[Any], Mapping[str, Any]] | None = None,
+) -> tuple[Any, Any]:
+    """Write a stage's variables into a store, whole or not at all.
+
+    The variables (``xarray.Variable``, dask-backed or not) and the stage's
+    own ``coords`` are computed into ``_gridflow_staging/<stage>`` inside the
+    store, together with ``extra`` (anything dask computes, e.g. per-step
+    statistics). Only then is the stage's old marker removed, the old
+    variables of the stage (those of :data:`STAGE_VARIABLES` too, so a
+    variable this run does not write is not left stale) moved out, the new
+    ones moved in, and the marker (``params`` and ``record(extra)``) written
+    with the consolidated metadata in one atomic step. A failure while
+    computing leaves the store as it was; a kill during the swap leaves the
+    stage incomplete (reported by ``info``, dropped by :func:`open_grid`).
+
+    Returns the store opened again and ``extra`` computed.
+    """
+    import dask
+    import xarray as xr
+
+    store = os.fspath(path)
+    with writer_lock(store):
+        staging_root = os.path.join(store, STAGING)
+        shutil.rmtree(staging_root, ignore_errors=True)  # an interrupted write's
+        new = os.path.join(staging_root, stage)
+        old = os.path.join(staging_root, f"{stage}.old")
+        try:
+            os.makedirs(old)
+            ds = xr.Dataset(dict(variables), coords=dict(coords or {}))
+            enc = _encoding(ds)
+            for name, given in (encoding or {}).items():
+                enc[name] = {**enc.get(name, {}), **given}
+            writes = ds.to_zarr(
+                new, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc
+            )
+            _, extra = dask.compute(writes, extra)
+            rec = dict(record(extra)) if record is not None else {}
+        except BaseException as exc:
+            remove_when_idle(staging_root)
+            if isinstance(exc, OSError):
+                raise _os_error(exc, store) from exc
+            raise
+        try:
+            attrs = _root_attrs(store)
+            stages = dict(attrs.get("gridflow_stages", {}))
+            stages.pop(stage, None)
+            attrs["gridflow_stages"] = stages
+            attrs[INCOMPLETE] = sorted({*attrs.get(INCOMPLETE, []), stage})
+            _write_root(store, attrs)  # the old marker is gone before any variable moves
+            names = [
+                n for n in os.listdir(new) if os.path.isfile(os.path.join(new, n, "zarr.json"))
+            ]
+            for name in {*names, *STAGE_VARIABLES.get(stage, ())}:
+                if os.path.exists(os.path.join(store, name)):
+                    os.rename(os.path.join(store, name), os.path.join(old, name))
+            for name in names:
+                os.rename(os.path.join(new, name), os.path.join(store, name))
+            _write_root(store, stage_attrs(attrs, stage, params, **rec))  # the marker, last
+        except OSError as exc:
+            raise _os_error(exc, store) from exc
+        shutil.rmtree(staging_root, ignore_errors=True)
+    log.info("%s: written to %s", stage, store)
+    return open_grid(store), extra
+
+
+def writes_store(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a stage whose first argument may be a store path: hold its
+    writer lock for the whole call (an in-memory Dataset needs none)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(grid: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(grid, (str, os.PathLike)):
+            with writer_lock(grid):
+                return fn(grid, *args, **kwargs)
+        return fn(grid, *args, **kwargs)
+
+    return wrapper
+
+
+def write_new_store(
+    ds: Any,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Mapping[str, Any] | None = None,
+) -> None:
     """Write ``ds`` as a new store at ``path``, all or nothing.
 
-    The dataset is written to a temporary sibling directory (computing any
-    dask arrays chunk by chunk on the active scheduler) and renamed into
-    place only when complete.
+    ``path`` is checked with :func:`check_writable`. The dataset is written
+    to a temporary sibling directory (computing any dask arrays chunk by
+    chunk on the active scheduler) and renamed into place only when complete.
     """
     path = os.path.abspath(os.fspath(path))
-    check_writable(path, overwrite=overwrite)
-    with staged_directory(path) as staging:
-        ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False)
+    check_writable(path, overwrite=overwrite, inputs=inputs)
+    # Replacing a store: no other gridflow command may be writing it meanwhile.
+    held = writer_lock(path) if is_gridflow_store(path) else contextlib.nullcontext()
+    with held, staged_directory(path, marker=False) as staging:
+        ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(ds))
+        consolidate(staging)
     log.info("wrote %s", path)
+
+
+def _encoding(ds: Any) -> dict[str, dict[str, Any]]:
+    return {n: {"fill_value": v} for n, v in FILL_VALUES.items() if n in ds.variables}
 
 
 def open_grid(path: str | os.PathLike) -> Any:
     """Open a gridflow store as an xarray Dataset of dask arrays.
 
+    Only complete stages are returned: the variables of a stage whose write
+    was interrupted are left out, and the stage is named in
+    ``attrs["gridflow_incomplete"]`` (see :func:`require_stage`).
+
     Raises
     ------
     StoreError
-        When ``path`` is missing, is not a gridflow store, or was written by
-        a newer format version.
+        When ``path`` is missing, is not a gridflow store (or is the
+        temporary folder of an interrupted write), was written by a newer
+        format version, or its metadata contradicts itself.
 
     Examples
     --------
@@ -178,21 +636,135 @@ def open_grid(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise StoreError(f"store: {path} does not exist; create it with `gridflow bin`")
-    if not is_gridflow_store(path):
+    parts = os.path.abspath(path).split(os.sep)
+    if any(_TEMPORARY.match(part) for part in parts):
+        raise StoreError(
+            f"store: {path} is the temporary folder of an interrupted gridflow write, not a "
+            "store; the next write to the same path removes it"
+        )
+    doc = _root_doc(path)
+    attrs = doc.get("attributes") or {}
+    _check_attrs(path, attrs)
+    consolidated = isinstance(doc.get("consolidated_metadata"), dict)
+    try:
+        ds = xr.open_zarr(path, consolidated=consolidated)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise StoreError(f"store: cannot open {path}: {exc}; the store is damaged") from None
+    if "counts" not in ds:
+        raise StoreError(f"store: {path} lacks counts; recreate it with `gridflow bin`")
+    spec = grid_spec(ds)
+    if tuple(ds["counts"].shape[1:]) != spec.shape:
+        raise StoreError(
+            f"store: {path} records bins {list(spec.shape)} but its counts have shape "
+            f"{list(ds['counts'].shape[1:])}; the store is damaged, recreate it with `gridflow bin`"
+        )
+    incomplete = incomplete_stages(ds)
+    drop = [v for s in incomplete for v in STAGE_VARIABLES.get(s, ()) if v in ds.variables]
+    return ds.drop_vars(drop) if drop else ds
+
+
+def _root_doc(path: str) -> dict[str, Any]:
+    meta = os.path.join(path, "zarr.json")
+    try:
+        doc = _read_json(meta)
+    except FileNotFoundError:
+        doc = None
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"store: the metadata of {path} ({meta}) cannot be read ({exc}); the store is "
+            "damaged, recreate it with `gridflow bin`"
+        ) from None
+    if not isinstance(doc, dict) or "gridflow_format" not in (doc.get("attributes") or {}):
         raise StoreError(
             f"store: {path} is not a gridflow store (no gridflow_format attribute); "
             "it was written by another program; create one with `gridflow bin`"
         )
-    ds = xr.open_zarr(path, consolidated=False)
-    fmt = ds.attrs.get("gridflow_format")
-    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+    return doc
+
+
+def _check_attrs(path: str, attrs: Mapping[str, Any]) -> None:
+    """The root attributes gridflow relies on, checked against themselves."""
+    fmt = attrs.get("gridflow_format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise StoreError(
+            f"store: {path} has format version {fmt!r}, expected a positive integer; "
+            "the store's metadata is damaged"
+        )
+    if fmt > FORMAT_VERSION:
         raise StoreError(
             f"store: {path} has format version {fmt}, newer than this gridflow reads "
             f"({FORMAT_VERSION}); upgrade gridflow"
         )
-    if "counts" not in ds or "gridflow_grid" not in ds.attrs:
-        raise StoreError(f"store: {path} lacks counts or its grid; recreate it with `gridflow bin`")
-    return ds
+    stages = attrs.get("gridflow_stages", {})
+    if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+        raise StoreError(
+            f"store: {path} has a gridflow_stages attribute of type {type(stages).__name__}, "
+            "expected a mapping of stage records; the store's metadata is damaged"
+        )
+    incomplete = attrs.get(INCOMPLETE, [])
+    if not isinstance(incomplete, list) or not all(isinstance(s, str) for s in incomplete):
+        raise StoreError(
+            f"store: {path} has a {INCOMPLETE} attribute of type {type(incomplete).__name__}, "
+            "expected a list of stage names; the store's metadata is damaged"
+        )
+    grid = attrs.get("gridflow_grid")
+    if not isinstance(grid, dict):
+        raise StoreError(f"store: {path} lacks its grid; recreate it with `gridflow bin`")
+    try:
+        GridSpec.from_dict(grid)
+    except (ValueError, TypeError) as exc:
+        raise StoreError(
+            f"store: {path} records an invalid grid ({exc}); recreate it with `gridflow bin`"
+        ) from None
+
+
+def incomplete_stages(ds: Any) -> list[str]:
+    """Stages of a store whose write began and did not finish."""
+    return [s for s in ds.attrs.get(INCOMPLETE, []) if s not in ds.attrs.get("gridflow_stages", {})]
+
+
+def refuse_incomplete(ds: Any, variable: str, *, needed_by: str = "") -> None:
+    """Raise when ``variable`` is missing because its stage's write was interrupted."""
+    stage = next((s for s, names in STAGE_VARIABLES.items() if variable in names), None)
+    if variable not in ds.variables and stage in incomplete_stages(ds):
+        require_stage(ds, stage, needed_by=needed_by)
+
+
+def warn_if_empty(ds: Any, stage: str) -> None:
+    """Warn (:class:`~gridflow.errors.EmptyGridWarning`) when the grid's bin
+    report says it holds no point: ``stage`` would label nothing."""
+    report = ds.attrs.get("gridflow_stages", {}).get("bin", {}).get("report", {})
+    if isinstance(report, dict) and isinstance(report.get("binned"), int):
+        empty = report["binned"] == 0
+    else:  # a grid made by hand: count (one pass, small beside any stage)
+        empty = not bool(ds["counts"].data.any())
+    if empty:
+        warnings.warn(
+            f"{stage}: the grid holds no point, so every cell stays unlabeled; check the "
+            "points, --bounds and --columns it was binned with",
+            EmptyGridWarning,
+            stacklevel=3,
+        )
+
+
+def require_stage(ds: Any, stage: str, *, store: str | None = None, needed_by: str = "") -> None:
+    """Refuse a grid whose ``stage`` is missing or incomplete, saying what to run.
+
+    Examples
+    --------
+    >>> require_stage(open_grid("grid.zarr"), "classify")  # doctest: +SKIP
+    """
+    if stage in ds.attrs.get("gridflow_stages", {}):
+        return
+    where = store or "the grid"
+    arg = f" {store}" if store else ""
+    who = f"{needed_by} needs it; " if needed_by else ""
+    if stage in incomplete_stages(ds):
+        raise StoreError(
+            f"store: the {stage} stage of {where} is incomplete (its write was interrupted); "
+            f"{who}rerun `gridflow {stage}{arg}` (with --resume to continue from its last round)"
+        )
+    raise StoreError(f"store: {where} has no {stage} stage; {who}run `gridflow {stage}{arg}` first")
 
 
 def as_grid(grid: Any) -> Any:
@@ -247,8 +819,9 @@ def summary(ds: Any) -> str:
             f"(non-finite {report['nonfinite']:,}, out of range {report['out_of_range']:,}, "
             f"bad label {report['bad_label']:,})"
         )
-    present = [s for s, names in STAGE_VARIABLES.items() if any(v in ds for v in names)]
-    lines.append("stages: " + ", ".join(present))
+    done = ["bin", *(s for s in STAGE_VARIABLES if s != "bin" and s in stages)]
+    listed = done + [f"{s} (incomplete: rerun it, with --resume)" for s in incomplete_stages(ds)]
+    lines.append("stages: " + ", ".join(listed))
     history = ds.attrs.get("history", "")
     if history:
         lines.append("history:")

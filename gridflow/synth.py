@@ -38,7 +38,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from gridflow import counter_rng
-from gridflow._staging import staged_directory
+from gridflow._staging import check_output, staged_directory
 from gridflow.errors import InputDataError, ParameterError
 
 if TYPE_CHECKING:
@@ -881,7 +881,8 @@ def write_points(
     bayes, columns, npartitions
         See :func:`make_points`.
     overwrite : bool, default False
-        Replace an existing ``path``; otherwise an existing path is an error.
+        Replace an existing ``path`` that gridflow wrote (never anything
+        else); otherwise an existing path is an error.
     **process_kwargs
         Parameters of :class:`PointProcess`.
 
@@ -900,12 +901,8 @@ def write_points(
     """
     process = PointProcess(**process_kwargs)
     names = _parse_columns(columns, process.dims)
-    target = Path(os.fspath(path))
-    exists = target.exists() or target.is_symlink()
-    if exists and not overwrite:
-        raise ParameterError(
-            f"path: {str(target)!r} already exists; choose another path or pass overwrite=True"
-        )
+    target = Path(os.path.abspath(os.fspath(path)))
+    check_output(target, overwrite=overwrite, parents=True)
     ddf = process.to_dask(n_points, columns=names, bayes=bayes, npartitions=npartitions)
     metadata = {
         "version": _METADATA_VERSION,

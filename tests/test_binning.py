@@ -285,7 +285,7 @@ def test_existing_and_foreign_stores(points, tmp_path):
     assert again["counts"].shape == (3, 5, 5)
     foreign = tmp_path / "foreign.zarr"
     xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(foreign, zarr_format=3, consolidated=False)
-    with pytest.raises(StoreError, match="not a gridflow store"):
+    with pytest.raises(StoreError, match="gridflow did not write it"):
         bin_points(df, foreign, bins=4, overwrite=True)
     assert xr.open_zarr(foreign, consolidated=False)["a"].values.tolist() == [0, 1, 2]
     with pytest.raises(StoreError, match="another program"):

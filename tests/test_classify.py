@@ -7,7 +7,7 @@ import xarray as xr
 
 from gridflow import bin_points, open_grid
 from gridflow.classify import classify
-from gridflow.errors import ParameterError, StoreError
+from gridflow.errors import ParameterError
 from gridflow.kernels import parse_kernel
 from gridflow.stencil import run_numpy
 
@@ -129,11 +129,9 @@ def test_resume_gives_the_identical_result_and_skips_done_rounds(points, tmp_pat
     assert hist == ref.attrs["gridflow_stages"]["classify"]["history"]
 
 
-def test_resume_errors(points, tmp_path):
+def test_resume_needs_a_store(points, tmp_path):
     store = tmp_path / "g.zarr"
     _grid(points, store)
-    with pytest.raises(StoreError, match="no complete classify round"):
-        classify(store, window=2, iterations=3, resume=True)
     with pytest.raises(ParameterError, match="needs a store path"):
         classify(open_grid(store), window=2, iterations=3, resume=True)
 
@@ -190,3 +188,50 @@ def test_tune_scores_each_candidate_on_held_out_points(points, tmp_path):
     hits = sum(held[k][lab == k].sum() for k in range(3))
     assert results[-1]["accuracy"] == pytest.approx(hits / held.sum())
     assert 0.6 < top <= 1
+
+
+def test_boundary_defaults_to_the_grids_geometry(points):
+    from gridflow.errors import BoundaryWarning
+
+    pts, labels = points
+    flat = bin_points(pts, labels=labels, bins=(48, 40), bounds=(0, 1), chunks=16)
+    torus = _grid(points)
+    assert classify(flat, window=2).attrs["gridflow_stages"]["classify"]["boundary"] == "open"
+    assert classify(torus, window=2).attrs["gridflow_stages"]["classify"]["boundary"] == "periodic"
+    # The default equals the explicit choice that matches the geometry, bit for bit.
+    np.testing.assert_array_equal(
+        classify(flat, window=2)["label"].values,
+        classify(flat, window=2, boundary="open")["label"].values,
+    )
+    with pytest.warns(BoundaryWarning, match="x0, x1 do not wrap"):
+        classify(flat, window=2, boundary="periodic")
+
+
+def test_auto_iterations_warn_when_they_stop_at_max_iter(points):
+    from gridflow.errors import ConvergenceWarning
+
+    ds = _grid(points)
+    with pytest.warns(ConvergenceWarning, match="stopped at max_iter=1 steps"):
+        out = classify(ds, window=1, iterations="auto", max_iter=1)
+    assert out.attrs["gridflow_stages"]["classify"]["steps"] == 1
+    with pytest.raises(ParameterError, match="max_iter"):
+        classify(ds, window=1, iterations="auto", max_iter=0)
+
+
+def test_a_grid_without_points_warns(tmp_path):
+    from gridflow.cluster import cluster
+    from gridflow.errors import EmptyGridWarning
+    from gridflow.fractal import fractal
+    from gridflow.grid import GridSpec
+    from gridflow.store import counts_dataset
+
+    # `bin` refuses input of which no row lands in the grid; a grid made by hand can be empty.
+    spec = GridSpec(dims=("x", "y"), bounds=[(0, 1), (0, 1)], bins=(8, 8))
+    ds = counts_dataset(da.zeros((2, 8, 8), dtype=np.uint32, chunks=4), spec, ("a", "b"), {})
+    for stage, run in (
+        ("classify", lambda: classify(ds, window=1, iterations=1)),
+        ("cluster", lambda: cluster(ds, window=1, iterations=1)),
+        ("fractal", lambda: fractal(ds, iterations=2, burn_in=1)),
+    ):
+        with pytest.warns(EmptyGridWarning, match=f"{stage}: the grid holds no point"):
+            run()

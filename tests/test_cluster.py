@@ -1,7 +1,5 @@
 """The cluster stage: reference levels, hierarchy, the cut, noise, fill, chunkings, the store."""
 
-import os
-
 import dask.array as da
 import numpy as np
 import pytest
@@ -10,19 +8,12 @@ import xarray as xr
 from gridflow import bin_points, open_grid, predict
 from gridflow.cluster import Hierarchy, choose_level, cluster, hierarchy
 from gridflow.components import level_set_tree
-from gridflow.errors import ParameterError
+from gridflow.errors import ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.store import counts_dataset
+from tests.conftest import reference
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
 GRAY = np.array([0, 30, 55, 90, 120, 140, 170, 254])
-
-
-def _reference(name="granville_gd_200_w5.npz"):
-    path = os.path.join(REFERENCE, name)
-    if not os.path.exists(path):
-        pytest.skip(f"reference output {path} not present")
-    return np.load(path)
 
 
 def _same_partition(a, b):
@@ -36,7 +27,7 @@ def _same_partition(a, b):
 
 
 def test_cluster_levels_on_the_reference_input():
-    z = _reference()
+    z = reference("granville_gd_200_w5.npz")
     bitmap = z["input_bitmap"]
     counts = np.stack([bitmap == k for k in range(5)]).astype(np.uint32)
     spec = GridSpec(("x", "y"), bounds=(0, 1), bins=200, periodic=True)
@@ -240,10 +231,15 @@ def test_a_failed_write_leaves_no_cluster_stage(rng, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
+    before = open_grid(store)
     monkeypatch.setattr(xr.Dataset, "to_zarr", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreError, match="disk full"):
         cluster(store, window=2, iterations=2, levels=4)
-    assert "cluster" not in open_grid(store).attrs["gridflow_stages"]
+    # The write failed before the swap: the previous cluster stage is intact.
+    after = open_grid(store)
+    assert after.attrs["gridflow_stages"]["cluster"] == before.attrs["gridflow_stages"]["cluster"]
+    np.testing.assert_array_equal(after["level"].values, before["level"].values)
+    assert not (store / "_gridflow_staging").exists()
 
 
 @pytest.mark.parametrize(

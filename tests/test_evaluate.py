@@ -240,5 +240,5 @@ def test_cli_baseline_without_train_fails_in_one_line(synth):
     args = ["evaluate", synth["store"], synth["test"], "--baseline", "knn"]
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 2
-    assert r.output.startswith("error: train:") and "--train" in r.output
+    assert r.output.startswith("error: --train:") and "--train" in r.output
     assert r.output.count("\n") == 1

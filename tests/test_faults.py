@@ -123,3 +123,274 @@ def test_sigkilled_run_resumes_bit_identical_without_recomputing_rounds(tmp_path
     assert second_run[0]["first"] == done + 1  # nothing checkpointed was recomputed
     steps = [s for r in rounds for s in range(r["first"], r["last"] + 1)]
     assert steps == list(range(1, 13))  # every step computed exactly once
+
+
+# --- one writer per store, whole stages, full and read-only disks (DESIGN §4.2) -----------
+
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from gridflow import store as store_mod  # noqa: E402
+
+# A gridflow process that SIGKILLs itself right before the stage writer's
+# (N+1)-th move into or out of the store (N = $KILL_AT), or right before its
+# final metadata write (KILL_AT=root): a kill at an exact point of the swap.
+_KILLER = """
+import os, signal, sys
+from gridflow import store
+at = os.environ["KILL_AT"]
+moves = [0]
+rename, write_root = os.rename, store._write_root
+def killing_rename(a, b):
+    if store.STAGING in str(a) + str(b):
+        if at != "root" and moves[0] == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        moves[0] += 1
+    rename(a, b)
+def killing_write_root(path, attrs):
+    if at == "root" and any(s in attrs.get("gridflow_stages", {}) for s in os.environ["STAGE"].split()):
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_root(path, attrs)
+os.rename = killing_rename
+store._write_root = killing_write_root
+from gridflow.cli import main
+sys.argv = ["gridflow", *sys.argv[1:]]
+main()
+"""
+
+
+def _gridflow(*args, check=True, **kwargs):
+    r = subprocess.run(
+        gridflow_command("--no-progress", *args), env=cli_env(), capture_output=True, text=True
+    )
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def points_file(tmp_path):
+    from gridflow.synth import write_points
+
+    path = tmp_path / "p.parquet"
+    write_points(path, 60000, classes=4, seed=4)
+    return path
+
+
+def test_two_concurrent_classify_runs_the_second_is_refused(points_file, tmp_path):
+    store = tmp_path / "g.zarr"
+    _gridflow("bin", points_file, store, "--bins", "192", "--chunks", "48")
+    lone = tmp_path / "lone.zarr"
+    shutil.copytree(store, lone)
+    args = ["classify", "--window", "6", "--iterations", "24"]
+    _gridflow(*args[:1], lone, *args[1:])
+
+    first = subprocess.Popen(
+        gridflow_command("--no-progress", args[0], store, *args[1:]),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: os.path.isdir(store / store_mod.LOCK) or first.poll() is not None)
+        assert first.poll() is None, first.communicate()
+        second = _gridflow(args[0], store, *args[1:], check=False)
+    finally:
+        _, err = first.communicate()
+    assert first.returncode == 0, err
+    _one_line_error(second, f"{store} is being written by pid {first.pid} on host", "rm -r")
+    assert_same_store(lone, store)
+    assert not (store / store_mod.LOCK).exists()
+
+
+def _cli_args(kwargs):
+    """``{"min_cells": 3, "fill": True}`` -> ``["--min-cells", "3", "--fill"]``."""
+    args = []
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+# Each stage: a first run, a second run with other parameters (the one that
+# is killed), and the variables the stage writes.
+_STAGE_RUNS = {
+    "classify": (
+        {"window": 1, "iterations": 1},
+        {"window": 3, "iterations": 2, "probabilities": True},
+        ("label", "confidence", "density", "probability"),
+    ),
+    "cluster": (
+        {"window": 1, "iterations": 1, "min_cells": 3},
+        {"window": 2, "iterations": 2, "min_cells": 3},
+        ("level", "cluster", "node_level"),
+    ),
+    "fractal": (
+        {"iterations": 4, "burn_in": 1},
+        {"iterations": 6, "burn_in": 2, "record": 3},
+        ("fractal", "fractal_frames"),
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", list(_STAGE_RUNS))
+def test_sigkill_during_the_final_write_never_leaves_a_stage_that_reads_complete(
+    stage, points_file, tmp_path
+):
+    from gridflow.cluster import cluster
+    from gridflow.fractal import fractal
+    from gridflow.synth import write_points
+
+    run = {"classify": classify, "cluster": cluster, "fractal": fractal}[stage]
+    first, second, variables = _STAGE_RUNS[stage]
+    base = tmp_path / "base.zarr"
+    bin_points(points_file, base, bins=40, chunks=20)
+    if stage != "classify":
+        classify(base, window=1, iterations=1)
+    old = run(base, **first)
+    old_values = {v: old[v].values for v in variables if v in old}
+    new_store = tmp_path / "new.zarr"
+    shutil.copytree(base, new_store)
+    new = run(new_store, **second)
+    rerun = [stage, *_cli_args(second)]
+    resume = [*rerun, "--resume"]
+
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    # Before the first move, amid the moves (each stage makes at least 4), before the marker.
+    points = ["0", "2", "root"]
+    for at in points:
+        store = tmp_path / f"killed-{at}.zarr"
+        shutil.copytree(base, store)
+        env = cli_env(KILL_AT=at, STAGE=stage)
+        r = subprocess.run(
+            [sys.executable, str(script), "--no-progress", rerun[0], str(store), *rerun[1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        ds = open_grid(store)
+        assert stage not in ds.attrs["gridflow_stages"]  # never complete when it is not
+        assert store_mod.incomplete_stages(ds) == [stage]
+        assert not set(variables) & set(ds.variables)  # nothing of the stage is readable
+        assert f"{stage} (incomplete" in store_mod.summary(ds)
+        if at != "2":
+            continue
+        info = _gridflow("info", store)
+        assert f"{stage} (incomplete" in info.stdout
+        if stage == "classify":
+            test = tmp_path / "test.parquet"
+            write_points(test, 500, classes=4, seed=5)
+            refused = _gridflow(
+                "predict", store, test, "--out", tmp_path / "o.parquet", check=False
+            )
+            _one_line_error(refused, "classify stage", "incomplete", "--resume")
+            assert not (tmp_path / "o.parquet").exists()
+        # The stale lock of the killed writer is taken over; the rerun finishes it.
+        again = _gridflow(resume[0], store, *resume[1:])
+        assert "took over the writer lock" in again.stderr
+        done = open_grid(store)
+        for v in variables:
+            np.testing.assert_array_equal(done[v].values, new[v].values)
+    # And a kill before the swap (while computing) leaves the previous stage as it was.
+    for v, values in old_values.items():
+        np.testing.assert_array_equal(open_grid(base)[v].values, values)
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size):
+    """A real tmpfs of ``size`` bytes at ``path`` (CI runs as root)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _du(path):
+    return sum(
+        os.stat(os.path.join(d, f)).st_blocks * 512 for d, _, fs in os.walk(path) for f in fs
+    )
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_previous_state_readable(points_file, tmp_path):
+    base = tmp_path / "base.zarr"
+    _gridflow("bin", points_file, base, "--bins", "160", "--chunks", "40")
+    _gridflow("classify", base, "--window", "1", "--iterations", "1")
+    before = open_grid(base)
+    with _tmpfs(tmp_path / "small", _du(base) + 96 * 1024) as disk:
+        store = disk / "g.zarr"
+        shutil.copytree(base, store)
+        r = _gridflow(
+            "classify", store, "--window", "2", "--iterations", "1", "--probabilities", check=False
+        )
+        _one_line_error(r, "no space left", str(store))
+        ds = open_grid(store)
+        assert ds.attrs["gridflow_stages"]["classify"]["window"] == [1, 1]
+        np.testing.assert_array_equal(ds["label"].values, before["label"].values)
+        assert not (store / store_mod.STAGING).exists() and not (store / store_mod.LOCK).exists()
+        assert "probability" not in ds
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["classify", "--window", "1", "--iterations", "1"],
+        ["cluster", "--window", "1", "--iterations", "1", "--min-cells", "3"],
+        ["fractal", "--iterations", "4", "--burn-in", "1"],
+    ],
+)
+def test_a_read_only_store_is_one_line_and_unchanged(command, points_file, tmp_path):
+    base = tmp_path / "base.zarr"
+    _gridflow("bin", points_file, base, "--bins", "32", "--chunks", "16")
+    with _tmpfs(tmp_path / "ro", 8 * 2**20) as disk:
+        store = disk / "g.zarr"
+        shutil.copytree(base, store)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        r = _gridflow(command[0], store, *command[1:], check=False)
+        _one_line_error(r, "read-only filesystem", str(store))
+        assert_same_store(base, store)
+
+
+def test_sigterm_releases_the_lock_and_resume_finishes_the_run(points_file, tmp_path):
+    store = tmp_path / "g.zarr"
+    _gridflow("bin", points_file, store, "--bins", "96", "--chunks", "48")
+    lone = tmp_path / "lone.zarr"
+    shutil.copytree(store, lone)
+    args = ["classify", "--window", "2", "--iterations", "30"]
+    _gridflow(args[0], lone, *args[1:])
+    job = subprocess.Popen(
+        gridflow_command("--no-progress", args[0], store, *args[1:]),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: (_marker(store) or {}).get("step", 0) >= 2 or job.poll() is not None)
+        job.send_signal(signal.SIGTERM)  # as SLURM does before preempting a job
+    finally:
+        _, err = job.communicate()
+    assert job.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not (store / store_mod.LOCK).exists()  # released: the requeued job need not wait
+    assert not (store / store_mod.STAGING).exists()
+    assert "classify" not in open_grid(store).attrs["gridflow_stages"]
+    again = _gridflow(args[0], store, *args[1:], "--resume")
+    assert "took over" not in again.stderr
+    assert_same_store(lone, store, ignore_rounds=True)

@@ -266,10 +266,12 @@ def test_resume_gives_the_identical_result(rng, tmp_path, monkeypatch):
     assert stage["history"] == ref_stage["history"]
 
 
-def test_resume_errors(rng, tmp_path):
-    store = _grid(_sparse_labels(rng, (12, 12)), path=tmp_path / "g.zarr")
-    with pytest.raises(StoreError, match="no complete fractal round"):
-        fractal(store, iterations=3, burn_in=1, resume=True)
+def test_resume_with_nothing_to_resume_starts_from_the_beginning(rng, tmp_path):
+    start = _sparse_labels(rng, (12, 12))
+    store = _grid(start, path=tmp_path / "g.zarr")
+    out = fractal(store, iterations=3, burn_in=1, resume=True)
+    expect = fractal(_grid(start), iterations=3, burn_in=1)
+    np.testing.assert_array_equal(out["fractal"].values, expect["fractal"].values)
     with pytest.raises(ParameterError, match="needs a store path"):
         fractal(open_grid(store), iterations=3, burn_in=1, resume=True)
 
@@ -315,6 +317,11 @@ def test_cli_fractal(rng, tmp_path):
     expect = fractal(_grid(start), iterations=12, burn_in=4, seed=3)
     np.testing.assert_array_equal(open_grid(store)["fractal"].values, expect["fractal"].values)
     r = CliRunner().invoke(main, [*args[:-1], "40"])
-    assert r.exit_code == 2 and r.output.startswith("error: burn_in") and r.output.count("\n") == 1
+    assert (
+        r.exit_code == 2 and r.output.startswith("error: --burn-in") and r.output.count("\n") == 1
+    )
+    # Other parameters (seed 0) and nothing checkpointed: --resume starts afresh.
     r = CliRunner().invoke(main, [*args, "--resume"])
-    assert r.exit_code == 2 and "no complete fractal round" in r.output
+    assert r.exit_code == 0, r.output
+    expect = fractal(_grid(start), iterations=12, burn_in=4, seed=0)
+    np.testing.assert_array_equal(open_grid(store)["fractal"].values, expect["fractal"].values)

@@ -393,8 +393,8 @@ def test_predict_to_parquet_round_trip(kind, grid2d, tmp_path):
     assert got["prediction"][has].tolist() == labels[has].tolist()
     probs = got[["probability_cat", "probability_dog", "probability_emu"]].to_numpy()
     np.testing.assert_array_equal(probs, expected.probability)
-    # The part files sort in row order for any reader.
-    files = sorted(os.listdir(out))
+    # The part files sort in row order for any reader (which skips gridflow's marker).
+    files = sorted(f for f in os.listdir(out) if not f.startswith("."))
     assert files == sorted(files, key=lambda f: int(f.split(".")[1]))
 
 
@@ -426,7 +426,9 @@ def test_predict_to_parquet_refuses_to_overwrite(grid2d, tmp_path):
     pts = _queries(SPECS["2d"], n=50)
     out = tmp_path / "out.parquet"
     predict_to_parquet(grid2d, pts, out)
-    with pytest.raises(ParameterError, match="already exists; pass overwrite=True"):
+    with pytest.raises(
+        ParameterError, match=r"already exists; pass --overwrite \(overwrite=True\)"
+    ):
         predict_to_parquet(grid2d, pts[:10], out)
     assert len(pd.read_parquet(out)) == 50
     predict_to_parquet(grid2d, pts[:10], out, overwrite=True)

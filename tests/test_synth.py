@@ -396,11 +396,18 @@ def test_write_points_refuses_an_existing_path(tmp_path):
     assert [p.name for p in path.iterdir()] == ["keep.txt"]
     assert (path / "keep.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["points"]
+    # Not gridflow's: refused even with overwrite.
+    with pytest.raises(ParameterError, match="gridflow did not write it") as info:
+        write_points(path, 100, overwrite=True, seed=2)
+    assert str(path) in str(info.value)
+    assert [p.name for p in path.iterdir()] == ["keep.txt"]
+    assert (path / "keep.txt").read_text() == "precious"
 
-    write_points(path, 100, overwrite=True, seed=2)
-    assert not (path / "keep.txt").exists()
-    assert len(pd.read_parquet(path)) == 100
-    assert [p.name for p in tmp_path.iterdir()] == ["points"]
+    mine = tmp_path / "mine"
+    write_points(mine, 50, seed=1)
+    write_points(mine, 100, overwrite=True, seed=2)
+    assert len(pd.read_parquet(mine)) == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "points"]
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
