@@ -79,8 +79,8 @@ def parse_boundary(boundary: str | None, spec: Any = None) -> str:
         flat = [d for d, p in zip(spec.dims, spec.periodic, strict=True) if not p]
         warnings.warn(
             f"boundary: the grid's dims {', '.join(flat)} do not wrap, yet boundary='periodic' "
-            "makes cells at opposite edges vote for each other; leave boundary unset to follow "
-            "the grid (open here)",
+            "makes cells at opposite edges vote for each other; leave boundary (--boundary) unset "
+            "to follow the grid (open here)",
             BoundaryWarning,
             stacklevel=3,
         )

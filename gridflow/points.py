@@ -441,7 +441,8 @@ def _label_array(s: pd.Series, codes: bool) -> np.ndarray:
 
 
 def _choose_columns(columns, available, label, hints, dtype_of) -> list[str]:
-    if columns is None or len(columns) == 0:
+    given = columns is not None and len(columns) > 0
+    if not given:
         if hints.get("columns"):
             columns = list(hints["columns"])
         else:
@@ -455,11 +456,16 @@ def _choose_columns(columns, available, label, hints, dtype_of) -> list[str]:
     columns = [str(c) for c in columns]
     missing = [c for c in columns if c not in available]
     if missing:
+        source = " (given with --columns)" if given else ""
         raise InputDataError(
-            f"points: column {missing[0]!r} not found; available columns: {', '.join(available)}"
+            f"points: column {missing[0]!r} not found{source}; available columns: "
+            f"{', '.join(available)}"
         )
     if label is not None and label in columns:
-        raise InputDataError(f"points: {label!r} is the label column; it cannot be a coordinate")
+        raise InputDataError(
+            f"points: {label!r} is the label column (--label); it cannot also be a coordinate "
+            "(--columns)"
+        )
     if len(set(columns)) != len(columns):
         raise InputDataError(f"points: columns must be distinct, got {columns}")
     for c in columns:
