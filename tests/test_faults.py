@@ -189,21 +189,30 @@ def points_file(tmp_path):
     return path
 
 
-def test_two_concurrent_classify_runs_the_second_is_refused(points_file, tmp_path):
-    store = tmp_path / "g.zarr"
-    _gridflow("bin", points_file, store, "--bins", "192", "--chunks", "48")
+def _lone_run(store, args, tmp_path):
+    """A copy of ``store`` that the command ``args`` ran on alone: the reference."""
     lone = tmp_path / "lone.zarr"
     shutil.copytree(store, lone)
-    args = ["classify", "--window", "6", "--iterations", "24"]
-    _gridflow(*args[:1], lone, *args[1:])
+    _gridflow(args[0], lone, *args[1:])
+    return lone
 
-    first = subprocess.Popen(
+
+def _start(store, args):
+    return subprocess.Popen(
         gridflow_command("--no-progress", args[0], store, *args[1:]),
         env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_two_concurrent_classify_runs_the_second_is_refused(points_file, tmp_path):
+    store = tmp_path / "g.zarr"
+    _gridflow("bin", points_file, store, "--bins", "192", "--chunks", "48")
+    args = ["classify", "--window", "6", "--iterations", "24"]
+    lone = _lone_run(store, args, tmp_path)
+    first = _start(store, args)
     try:
         _wait_for(lambda: os.path.isdir(store / store_mod.LOCK) or first.poll() is not None)
         assert first.poll() is None, first.communicate()
@@ -370,17 +379,9 @@ def test_a_read_only_store_is_one_line_and_unchanged(command, points_file, tmp_p
 def test_sigterm_releases_the_lock_and_resume_finishes_the_run(points_file, tmp_path):
     store = tmp_path / "g.zarr"
     _gridflow("bin", points_file, store, "--bins", "96", "--chunks", "48")
-    lone = tmp_path / "lone.zarr"
-    shutil.copytree(store, lone)
     args = ["classify", "--window", "2", "--iterations", "30"]
-    _gridflow(args[0], lone, *args[1:])
-    job = subprocess.Popen(
-        gridflow_command("--no-progress", args[0], store, *args[1:]),
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    lone = _lone_run(store, args, tmp_path)
+    job = _start(store, args)
     try:
         _wait_for(lambda: (_marker(store) or {}).get("step", 0) >= 2 or job.poll() is not None)
         job.send_signal(signal.SIGTERM)  # as SLURM does before preempting a job
