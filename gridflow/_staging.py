@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 #: The file marking a folder as gridflow's output or staging folder. Readers
 #: of Parquet datasets (pyarrow, dask) skip names starting with '.'.
 MARKER = ".gridflow-output.json"
+#: Names of the temporary siblings a staged write makes (``.grid.zarr.tmp-0123456789ab``);
+#: group 1 is the target's name.
+TEMPORARY = re.compile(r"^\.(.+)\.(?:tmp|old)-[0-9a-f]{12}$")
 #: The top-level key marking a JSON file as gridflow's.
 JSON_KEY = "gridflow_version"
 

@@ -87,6 +87,17 @@ def parse_boundary(boundary: str | None, spec: Any = None) -> str:
     return boundary
 
 
+def parse_tol(tol: float) -> float:
+    """The fraction of changed cells at which ``iterations="auto"`` stops: in [0, 1)."""
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float, np.floating, np.integer))
+        or not (0 <= tol < 1)
+    ):
+        raise ParameterError(f"tol: expected a fraction in [0, 1), got {tol}")
+    return tol
+
+
 def filter_record(
     kernel: Any, k: Kernel, sigma: Any, iterations: Any, boundary: str, seed: str
 ) -> dict[str, Any]:
@@ -190,8 +201,7 @@ def classify(
     boundary = parse_boundary(boundary, spec)
     if seed not in ("labels", "counts"):
         raise ParameterError(f"seed: expected 'labels' or 'counts', got {seed!r}")
-    if not (0 <= tol < 1):
-        raise ParameterError(f"tol: expected a fraction in [0, 1), got {tol}")
+    tol = parse_tol(tol)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ParameterError(f"max_iter: expected a positive integer, got {max_iter!r}")
     store_mod.warn_if_empty(grid, "classify")

@@ -122,8 +122,6 @@ STORAGE_ERRNOS = frozenset(
     for e in (errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EACCES, errno.EPERM)
     if e is not None
 )
-#: The temporary siblings gridflow writes into (``.grid.zarr.tmp-0123456789ab``).
-_STAGED = re.compile(r"^\.(.+)\.(?:tmp|old)-[0-9a-f]{12}$")
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -142,9 +140,11 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _user_path(path: str) -> str:
     """``path`` with gridflow's temporary sibling names turned back into the target's."""
+    from gridflow._staging import TEMPORARY
+
     parts = []
     for part in os.fspath(path).split(os.sep):
-        match = _STAGED.match(part)
+        match = TEMPORARY.match(part)
         parts.append(match.group(1) if match else part)
         if match:
             break  # inside a staged write: the target is what the user named

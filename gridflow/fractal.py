@@ -465,6 +465,18 @@ def _start_labels(grid: Any, start: str, nclasses: int) -> tuple[da.Array, str]:
     return labels.astype(_label_dtype(nclasses)), start
 
 
+def parse_iterations_burn_in(iterations: Any, burn_in: Any) -> tuple[int, int]:
+    """``iterations >= 1`` and ``0 <= burn_in <= iterations``, as integers."""
+    iterations = _parse_count(iterations, "iterations", 1)
+    burn_in = _parse_count(burn_in, "burn_in", 0)
+    if burn_in > iterations:
+        raise ParameterError(
+            f"burn_in: expected at most iterations ({iterations}), got {burn_in}; "
+            "lower it or run more iterations"
+        )
+    return iterations, burn_in
+
+
 @store_mod.writes_store
 def fractal(
     grid: Any,
@@ -542,13 +554,7 @@ def fractal(
         path = os.fspath(grid)
     grid = store_mod.as_grid(grid)
     spec = store_mod.grid_spec(grid)
-    iterations = _parse_count(iterations, "iterations", 1)
-    burn_in = _parse_count(burn_in, "burn_in", 0)
-    if burn_in > iterations:
-        raise ParameterError(
-            f"burn_in: expected at most iterations ({iterations}), got {burn_in}; "
-            "lower it or run more iterations"
-        )
+    iterations, burn_in = parse_iterations_burn_in(iterations, burn_in)
     seed = _parse_seed(seed)
     boundary = parse_boundary(boundary, spec)
     if record is not None:

@@ -497,10 +497,10 @@ def _check_filter(p: dict) -> None:
 
 
 def _check_classify(p: dict) -> None:
+    from gridflow.classify import parse_tol
+
     _check_filter(p)
-    tol = p.get("tol", 1e-4)
-    if not 0 <= tol < 1:  # as classify() checks it
-        raise ParameterError(f"tol: expected a fraction in [0, 1), got {tol}")
+    parse_tol(p.get("tol", 1e-4))
 
 
 def _check_cluster(p: dict) -> None:
@@ -518,12 +518,9 @@ def _check_cluster(p: dict) -> None:
 
 
 def _check_fractal(p: dict) -> None:
-    iterations, burn_in = p.get("iterations", 250), p.get("burn_in", 50)
-    if burn_in > iterations:  # as fractal() checks it
-        raise ParameterError(
-            f"burn_in: expected at most iterations ({iterations}), got {burn_in}; "
-            "lower it or run more iterations"
-        )
+    from gridflow.fractal import parse_iterations_burn_in
+
+    parse_iterations_burn_in(p.get("iterations", 250), p.get("burn_in", 50))
 
 
 def _check_evaluate(p: dict) -> None:

@@ -529,17 +529,8 @@ def cluster_memory() -> ClusterMemory:
 def worker_memory() -> tuple[float, int]:
     """(bytes one worker may use, tasks it runs at once) on the active scheduler.
 
-    The smallest worker counts; without a client (or limit), this machine's
-    memory and cores.
+    The smallest worker counts; without a client, this machine's memory and
+    cores (see :func:`cluster_memory`).
     """
-    c = active_client()
-    if c is not None:
-        workers = c.scheduler_info(n_workers=-1)["workers"].values()
-        limits = [(w.get("memory_limit") or 0, w.get("nthreads", 1)) for w in workers]
-        if limits:
-            limit, nthreads = min(limits)
-            if limit:
-                return float(limit), int(nthreads)
-    import psutil
-
-    return float(psutil.virtual_memory().total), os.cpu_count() or 1
+    mem = cluster_memory()
+    return mem.smallest, mem.threads

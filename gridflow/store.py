@@ -41,7 +41,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import sys
@@ -53,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from gridflow._staging import check_output, remove_when_idle, staged_directory
+from gridflow._staging import TEMPORARY, check_output, remove_when_idle, staged_directory
 from gridflow.errors import (
     EmptyGridWarning,
     GridflowError,
@@ -118,8 +117,6 @@ STAGING = "_gridflow_staging"
 _INTERNAL = ("_gridflow_checkpoint", STAGING, LOCK)
 #: Root attribute listing the stages whose write began and did not finish.
 INCOMPLETE = "gridflow_incomplete"
-#: Temporary siblings of an interrupted ``staged_directory`` write.
-_TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{12}$")
 
 
 def _version() -> str:
@@ -637,7 +634,7 @@ def open_grid(path: str | os.PathLike) -> Any:
     if not os.path.exists(path):
         raise StoreError(f"store: {path} does not exist; create it with `gridflow bin`")
     parts = os.path.abspath(path).split(os.sep)
-    if any(_TEMPORARY.match(part) for part in parts):
+    if any(TEMPORARY.match(part) for part in parts):
         raise StoreError(
             f"store: {path} is the temporary folder of an interrupted gridflow write, not a "
             "store; the next write to the same path removes it"

@@ -196,6 +196,18 @@ def test_labels_read_as_unlabeled_where_a_chunk_is_missing(grid2d):
     cluster(grid2d, window=1, iterations=1, min_cells=2)
     for name in ("label", "cluster"):
         assert json.loads((grid2d / name / "zarr.json").read_text())["fill_value"] == -1
+    # (cluster writes no chunk here: this grid is all noise, which is the fill value)
+    name = "label"
+    meta = json.loads((grid2d / name / "zarr.json").read_text())
+    cy, cx = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    chunk = sorted((grid2d / name / "c").glob("*/*"))[-1]  # a chunk that was written
+    i, j = int(chunk.parent.name), int(chunk.name)
+    before = open_grid(grid2d)[name].values[i * cy : (i + 1) * cy, j * cx : (j + 1) * cx]
+    assert (before != -1).any()
+    chunk.unlink()  # as if it had never been written
+    values = open_grid(grid2d)[name].values
+    assert (values[i * cy : (i + 1) * cy, j * cx : (j + 1) * cx] == -1).all()
+    assert values.dtype.kind == "i"
 
 
 def _classified_twice(path):
