@@ -45,13 +45,13 @@ import gc
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import _common
 import numpy as np
 import pandas as pd
 
@@ -85,16 +85,12 @@ class Row:
 
 
 def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` calls of ``fn`` and the last call's result."""
-    best = float("inf")
-    result: Any = None
-    for _ in range(repeat):
-        result = None  # free the previous result before the next run
-        gc.collect()
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+    """Best wall time of ``repeat`` calls of ``fn`` and the last call's result.
+
+    Each method warms up separately, on a slice; each run starts after the
+    previous result is freed.
+    """
+    return _common.best_of(fn, repeat, warm=False, collect=True)
 
 
 def free() -> None:
@@ -191,6 +187,64 @@ def check_total(counts: np.ndarray, n: int, what: str) -> None:
         raise AssertionError(f"{what}: counts sum to {total:,}, expected {n:,}")
 
 
+# --- timing steps shared by the cases -----------------------------------------
+
+
+def time_bincount(
+    tag: str, case: str, cols: list[np.ndarray], labels: np.ndarray, nb: int, repeat: int
+) -> tuple[Row, np.ndarray]:
+    """The ``np.bincount`` row, and its counts: the reference for gridflow."""
+    w = slice(None, WARMUP_POINTS)
+    log(f"[{tag}] np.bincount")
+    bincount_counts([c[w] for c in cols], labels[w], nb)
+    t, reference = best_of(partial(bincount_counts, cols, labels, nb), repeat)
+    return Row(case, "np.bincount on raveled indices (NumPy reference)", len(labels), t), reference
+
+
+def time_gridflow_columns(
+    tag: str,
+    case: str,
+    cols: list[np.ndarray],
+    labels: np.ndarray,
+    nb: int,
+    reference: np.ndarray,
+    repeat: int,
+) -> Row:
+    """gridflow on a dict of arrays, its counts checked against ``reference``."""
+    w = slice(None, WARMUP_POINTS)
+    log(f"[{tag}] gridflow (dict of arrays)")
+    gridflow_columns([c[w] for c in cols], labels[w], nb)
+    t, ds = best_of(partial(gridflow_columns, cols, labels, nb), repeat)
+    row = Row(case, "gridflow.bin_points (dict of NumPy arrays)", len(labels), t)
+    check_gridflow(ds, len(labels), reference, f"{tag} gridflow (dict of arrays)")
+    del ds
+    free()
+    return row
+
+
+def time_histogramdd(
+    tag: str,
+    case: str,
+    cols: list[np.ndarray],
+    labels: np.ndarray,
+    nb: int,
+    repeat: int,
+    *,
+    baseline: bool = False,
+) -> Row:
+    """``np.histogramdd``, timed on the first points/HISTOGRAMDD_FRACTION points."""
+    w = slice(None, WARMUP_POINTS)
+    m = len(labels) // HISTOGRAMDD_FRACTION
+    log(f"[{tag}] np.histogramdd on {m:,} points")
+    histogramdd_counts([c[w] for c in cols], labels[w], nb)
+    t, hist = best_of(partial(histogramdd_counts, [c[:m] for c in cols], labels[:m], nb), repeat)
+    row = Row(case, f"np.histogramdd (on points/{HISTOGRAMDD_FRACTION})", m, t, baseline=baseline)
+    check_total(hist, m, f"{tag} np.histogramdd")
+    del hist
+    free()
+    return row
+
+
 # --- cases -------------------------------------------------------------------
 
 
@@ -218,21 +272,10 @@ def run_2d(n: int, repeat: int) -> list[Row]:
     log(f"[2-D] generating {n:,} points")
     cols, labels = make_points(n, 2)
     w = slice(None, WARMUP_POINTS)
-    rows: list[Row] = []
 
     # np.bincount first: its counts are the reference for gridflow.
-    log("[2-D] np.bincount")
-    bincount_counts([c[w] for c in cols], labels[w], nb)
-    t, reference = best_of(partial(bincount_counts, cols, labels, nb), repeat)
-    bincount_row = Row(case, "np.bincount on raveled indices (NumPy reference)", n, t)
-
-    log("[2-D] gridflow (dict of arrays)")
-    gridflow_columns([c[w] for c in cols], labels[w], nb)
-    t, ds = best_of(partial(gridflow_columns, cols, labels, nb), repeat)
-    rows.append(Row(case, "gridflow.bin_points (dict of NumPy arrays)", n, t))
-    check_gridflow(ds, n, reference, "2-D gridflow (dict of arrays)")
-    del ds
-    free()
+    bincount_row, reference = time_bincount("2-D", case, cols, labels, nb, repeat)
+    rows = [time_gridflow_columns("2-D", case, cols, labels, nb, reference, repeat)]
 
     # The DataFrame shared by gridflow and datashader.
     categorical = pd.Categorical.from_codes(labels, categories=CLASS_NAMES)
@@ -263,15 +306,7 @@ def run_2d(n: int, repeat: int) -> list[Row]:
     del df, warm, categorical
     free()
 
-    m = n // HISTOGRAMDD_FRACTION
-    log(f"[2-D] np.histogramdd on {m:,} points")
-    histogramdd_counts([c[w] for c in cols], labels[w], nb)
-    t, hist = best_of(partial(histogramdd_counts, [c[:m] for c in cols], labels[:m], nb), repeat)
-    rows.append(Row(case, f"np.histogramdd (on points/{HISTOGRAMDD_FRACTION})", m, t))
-    check_total(hist, m, "2-D np.histogramdd")
-    del hist
-    free()
-
+    rows.append(time_histogramdd("2-D", case, cols, labels, nb, repeat))
     rows.append(bincount_row)
     del cols, labels
     free()
@@ -283,35 +318,14 @@ def run_3d(n: int, repeat: int) -> list[Row]:
     nb = BINS_3D
     log(f"[3-D] generating {n:,} points")
     cols, labels = make_points(n, 3)
-    w = slice(None, WARMUP_POINTS)
-    rows: list[Row] = []
 
-    log("[3-D] np.bincount")
-    bincount_counts([c[w] for c in cols], labels[w], nb)
-    t, reference = best_of(partial(bincount_counts, cols, labels, nb), repeat)
-    bincount_row = Row(case, "np.bincount on raveled indices (NumPy reference)", n, t)
-
-    log("[3-D] gridflow (dict of arrays)")
-    gridflow_columns([c[w] for c in cols], labels[w], nb)
-    t, ds = best_of(partial(gridflow_columns, cols, labels, nb), repeat)
-    rows.append(Row(case, "gridflow.bin_points (dict of NumPy arrays)", n, t))
-    check_gridflow(ds, n, reference, "3-D gridflow (dict of arrays)")
-    del ds, reference
+    bincount_row, reference = time_bincount("3-D", case, cols, labels, nb, repeat)
+    rows = [time_gridflow_columns("3-D", case, cols, labels, nb, reference, repeat)]
+    del reference
     free()
 
     rows.append(Row(case, "datashader", note="n/a (2-D only)"))
-
-    m = n // HISTOGRAMDD_FRACTION
-    log(f"[3-D] np.histogramdd on {m:,} points")
-    histogramdd_counts([c[w] for c in cols], labels[w], nb)
-    t, hist = best_of(partial(histogramdd_counts, [c[:m] for c in cols], labels[:m], nb), repeat)
-    rows.append(
-        Row(case, f"np.histogramdd (on points/{HISTOGRAMDD_FRACTION})", m, t, baseline=True)
-    )
-    check_total(hist, m, "3-D np.histogramdd")
-    del hist
-    free()
-
+    rows.append(time_histogramdd("3-D", case, cols, labels, nb, repeat, baseline=True))
     rows.append(bincount_row)
     del cols, labels
     free()

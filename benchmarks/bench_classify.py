@@ -32,43 +32,17 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import _common
 import dask
-import dask.array as da
 import numpy as np
-from _common import table
+from _common import best_of, grid_from_counts, one_hot, table
 
 import gridflow as gf
-from gridflow.grid import GridSpec
-from gridflow.store import counts_dataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "..", "..", "shared", "reference", "granville_gd_400_w20.npz")
-
-
-def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    fn()  # warm-up: numba and FFT plans, kernel spectra
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def grid_from_counts(counts: np.ndarray, chunks: int | tuple[int, ...], bounds=(0, 1)) -> Any:
-    k = counts.shape[0]
-    spec = GridSpec(
-        tuple(f"x{i}" for i in range(counts.ndim - 1)),
-        bounds=bounds,
-        bins=counts.shape[1:],
-        periodic=True,
-    )
-    arr = da.from_array(counts, chunks=(k, *np.broadcast_to(chunks, (counts.ndim - 1,))))
-    return counts_dataset(arr, spec, tuple(range(k)), {})
 
 
 def machine() -> str:
@@ -81,7 +55,7 @@ def machine() -> str:
 def bench_reference(repeat: int) -> str:
     z = np.load(REFERENCE)
     bitmap = z["input_bitmap"]
-    counts = np.stack([(bitmap == k).astype(np.uint32) for k in range(5)])
+    counts = one_hot(bitmap, 5)
     ds = grid_from_counts(counts, 400)
     w, nloop = int(z["params"][4]), int(z["params"][5])
 
@@ -91,8 +65,8 @@ def bench_reference(repeat: int) -> str:
 
     seconds, (labels, density) = best_of(run, repeat)
     ref_labels = z["labels"].astype(np.int64)
+    from gridflow.engine.vote import run_numpy
     from gridflow.kernels import parse_kernel
-    from gridflow.stencil import run_numpy
 
     L0 = bitmap.astype(np.int32)
     L0[L0 == 255] = -1

@@ -28,32 +28,17 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from typing import Any
 
 import _common
 import dask
-import dask.array as da
 import numpy as np
-from _common import table
+from _common import best_of, grid_from_counts, one_hot, table
 
 import gridflow as gf
-from gridflow import _fractalkernel
+from gridflow._kernels import fractal as _fractalkernel
 from gridflow.fractal import run_reference
-from gridflow.grid import GridSpec
-from gridflow.store import counts_dataset, write_new_store
-
-
-def best_of(fn: Callable[[], Any], repeat: int, warm: bool = True) -> tuple[float, Any]:
-    if warm:
-        fn()  # numba loads (or compiles) its kernels
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from gridflow.store import write_new_store
 
 
 def machine() -> str:
@@ -70,10 +55,7 @@ def start_labels(size: int, classes: int, points: int) -> np.ndarray:
 
 
 def grid(labels: np.ndarray, classes: int, chunks: int) -> Any:
-    counts = np.stack([(labels == k).astype(np.uint32) for k in range(classes)])
-    spec = GridSpec(("x0", "x1"), bounds=(0, 1), bins=labels.shape, periodic=True)
-    arr = da.from_array(counts, chunks=(classes, chunks, chunks))
-    return counts_dataset(arr, spec, tuple(range(classes)), {})
+    return grid_from_counts(one_hot(labels, classes), chunks)
 
 
 def plain_numpy(labels: np.ndarray, iterations: int, burn_in: int, seed: int) -> np.ndarray:

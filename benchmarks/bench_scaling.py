@@ -1,7 +1,7 @@
 """Strong scaling of classify iterations: 1 and 2 worker processes, unfused and fused.
 
 For each grid, seeded labels (a fixed fraction of cells labeled at random)
-are iterated with the vote filter of ``gridflow.stencil``:
+are iterated with the vote filter of ``gridflow.engine.vote``:
 
 - on a LocalCluster of 1 and of 2 worker processes (one thread each), with
   one step per round (``fuse=1``: a halo exchange every step) and with all
@@ -9,7 +9,7 @@ are iterated with the vote filter of ``gridflow.stencil``:
 - in one process with the in-memory NumPy reference ``run_numpy`` (the
   distributed run's overhead is measured against it).
 
-Chunks come from the memory planner (``gridflow.planner.plan_filter``) for
+Chunks come from the memory planner (``gridflow.engine.planner.plan_filter``) for
 the 2-worker cluster, and are the same for every run of a grid. Every run's
 labels are checked equal to the NumPy reference's (or, where the grid is too
 big for it, to the first distributed run's).
@@ -105,10 +105,10 @@ def main() -> None:
     import psutil
 
     import gridflow
+    from gridflow.engine.planner import plan_filter
+    from gridflow.engine.vote import run_dask, run_numpy
     from gridflow.kernels import parse_kernel
-    from gridflow.planner import plan_filter
     from gridflow.runtime import client
-    from gridflow.stencil import run_dask, run_numpy
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -148,6 +148,7 @@ def main() -> None:
                         iterations=args.iterations,
                         memory=memory,
                         threads=1,
+                        total_threads=n,
                     )
                 chunks = plan.chunks
                 (x,) = dask.persist(seeded_labels(shape, nclasses, chunks))

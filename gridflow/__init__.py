@@ -2,7 +2,7 @@
 
 Points are binned into per-class count grids (:func:`bin_points`), stored as
 Zarr (:func:`open_grid`), and processed by iterated filters distributed
-with Dask. See DESIGN.md for the semantics of every stage.
+with Dask. See docs/design.md for the semantics of every stage.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
+from gridflow import accessor as _accessor  # noqa: F401  (registers ds.gridflow)
 from gridflow.binning import BinReport, bin_points
 from gridflow.classify import classify
 from gridflow.cluster import cluster
@@ -22,6 +23,7 @@ from gridflow.errors import (
     ParameterError,
     StoreError,
 )
+from gridflow.filters import window_filter
 from gridflow.fractal import fractal
 from gridflow.grid import GridSpec
 from gridflow.points import open_points
@@ -65,5 +67,6 @@ __all__ = [
     "open_points",
     "predict",
     "predict_to_parquet",
+    "window_filter",
     "write_points",
 ]

@@ -1,4 +1,4 @@
-"""All-or-nothing outputs that replace only what gridflow wrote (DESIGN.md §4.2).
+"""All-or-nothing outputs that replace only what gridflow wrote (docs/design.md §4.2).
 
 Every writer first checks its target with :func:`check_output`: never one
 of the command's inputs, and an existing target only with ``overwrite`` and

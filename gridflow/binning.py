@@ -20,7 +20,7 @@ Rows with NaN/inf coordinates, out-of-range coordinates or a missing or
 unknown label are dropped and counted in a :class:`BinReport`.
 
 Guards before work: a dense grid whose counts would not fit the workers'
-memory is refused (:func:`gridflow.planner.plan_binning`), once before the
+memory is refused (:func:`gridflow.engine.planner.plan_binning`), once before the
 data is read and again when the classes are known; so is a label column
 with more than ``max_classes`` distinct values (:data:`MAX_CLASSES` by
 default), which is almost always the wrong column.
@@ -42,12 +42,12 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from gridflow._binkernel import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
+from gridflow._kernels.binning import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
+from gridflow.engine.planner import check_dense_grid, plan_binning
 from gridflow.errors import InputDataError, ParameterError, StorageError, storage_error
 from gridflow.grid import GridSpec, bounds_from_extrema, parse_bins, parse_bounds
-from gridflow.planner import check_dense_grid, plan_binning
 from gridflow.points import Block, PointSource, check_labels, open_points, reading
-from gridflow.runtime import active_client, worker_memory
+from gridflow.runtime import active_client, cluster_memory, worker_memory
 
 __all__ = ["MAX_CLASSES", "BinReport", "bin_points", "parse_chunks", "parse_max_classes"]
 
@@ -285,23 +285,7 @@ def parse_chunks(
         cells = max(1, int(target) // (4 * max(nclasses, 1)))
         side = max(1, int(cells ** (1.0 / spec.ndim)))
         return tuple(min(side, b) for b in spec.bins)
-    if isinstance(chunks, str):
-        try:
-            chunks = [int(c) for c in chunks.split(",") if c.strip()]
-        except ValueError:
-            raise ParameterError(f"chunks: expected integers or 'auto', got {chunks!r}") from None
-    if isinstance(chunks, (int, np.integer)):
-        chunks = [int(chunks)] * spec.ndim
-    chunks = [int(c) for c in chunks]
-    if len(chunks) == 1:
-        chunks *= spec.ndim
-    if len(chunks) != spec.ndim:
-        raise ParameterError(
-            f"chunks: expected 1 or {spec.ndim} values (one per dim), got {len(chunks)}"
-        )
-    if any(c <= 0 for c in chunks):
-        raise ParameterError(f"chunks: expected positive integers, got {chunks}")
-    return tuple(min(c, b) for c, b in zip(chunks, spec.bins, strict=True))
+    return spec.parse_chunks(chunks)
 
 
 # --- strategies -----------------------------------------------------------------
@@ -518,7 +502,7 @@ def bin_points(
 
     Parameters
     ----------
-    points : path, DataFrame, ndarray or mapping
+    points : any source :func:`~gridflow.points.open_points` reads
         Labeled points: Parquet, CSV, Zarr, ``.npy``/``.npz`` paths, pandas or
         dask DataFrames, or an ``(n, d)`` array with ``labels=``.
     store : path, optional
@@ -621,7 +605,9 @@ def bin_points(
     if names is not None and len(names) > max_classes:
         raise _too_many_classes(len(names), max_classes, src.label, src.description)
     # Before the pass over the data: a grid too large with a single class.
-    check_dense_grid(shape, len(names) if names else 1, classes_known=bool(names))
+    check_dense_grid(
+        shape, len(names) if names else 1, memory=cluster_memory(), classes_known=bool(names)
+    )
     need_bounds = spec is None and bounds is None
     need_classes = kind if names is None else None
     if need_bounds or need_classes:
@@ -636,7 +622,9 @@ def bin_points(
         spec = GridSpec(src.columns, bounds=bounds, bins=bins, periodic=periodic or False)
 
     chunks_ = parse_chunks(chunks, spec, len(names))
-    strategy = plan_binning(spec.shape, len(names), chunks_, strategy=strategy).strategy
+    strategy = plan_binning(
+        spec.shape, len(names), chunks_, strategy=strategy, memory=cluster_memory()
+    ).strategy
     log.info(
         "binning %s into %s cells x %d classes (%s strategy, chunks %s)",
         src.description,

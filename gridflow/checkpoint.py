@@ -1,6 +1,6 @@
-"""Per-round checkpoints of multi-round stages, inside their store (DESIGN §4).
+"""Per-round checkpoints of multi-round stages, inside their store (docs/design.md §4).
 
-A stage that iterates (classify, cluster, fractal) saves its state after
+A stage that iterates in rounds (classify, fractal) saves its state after
 every round into ``<store>/_gridflow_checkpoint/<stage>/``: two alternating
 slots ``a`` and ``b`` of Zarr arrays, and a small JSON marker ``state.json``
 naming the complete slot, replaced atomically (``os.replace``) only after
@@ -44,6 +44,8 @@ class Saved:
     arrays: dict[str, da.Array]
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, int]] = field(default_factory=list)
+    #: Names of the frames kept so far (see :meth:`RoundCheckpoint.add_frames`).
+    frames: list[str] = field(default_factory=list)
 
 
 def has_checkpoint(path: str | os.PathLike, stage: str) -> bool:
@@ -129,6 +131,7 @@ class RoundCheckpoint:
         self.params = json.loads(json.dumps(params))
         self.history: list[dict[str, Any]] = []
         self.rounds: list[dict[str, int]] = []
+        self.frames: list[str] = []
         self.run = 1
         self.step = 0
 
@@ -146,7 +149,7 @@ class RoundCheckpoint:
     def clear(self) -> None:
         """Forget every round (a fresh run, or the stage's results are written)."""
         shutil.rmtree(self.root, ignore_errors=True)
-        self.history, self.rounds, self.run, self.step = [], [], 1, 0
+        self.history, self.rounds, self.frames, self.run, self.step = [], [], [], 1, 0
 
     def load(self) -> Saved:
         """The last complete round; this checkpoint continues from it."""
@@ -165,9 +168,38 @@ class RoundCheckpoint:
         arrays = {name: da.from_zarr(os.path.join(slot, name)) for name in state["arrays"]}
         self.history = list(state["history"])
         self.rounds = list(state.get("rounds", []))
+        self.frames = list(state.get("frames", []))
         self.run = max((r["run"] for r in self.rounds), default=0) + 1
         self.step = int(state["step"])
-        return Saved(self.step, arrays, list(self.history), list(self.rounds))
+        return Saved(self.step, arrays, list(self.history), list(self.rounds), list(self.frames))
+
+    def frame(self, name: str) -> da.Array:
+        """A kept frame, read back from the checkpoint."""
+        return da.from_zarr(os.path.join(self.root, "frames", name))
+
+    def _frame_writes(self, frames: Mapping[str, da.Array]) -> list[Any]:
+        return [
+            da.to_zarr(a, os.path.join(self.root, "frames", name), overwrite=True, compute=False)
+            for name, a in frames.items()
+        ]
+
+    def _groups(self) -> None:
+        # Zarr groups, so readers of the store see a valid hierarchy.
+        import zarr
+
+        for path in (os.path.dirname(self.root), self.root, os.path.join(self.root, "frames")):
+            zarr.open_group(path, mode="a", zarr_format=3)
+
+    def add_frames(self, frames: Mapping[str, da.Array]) -> dict[str, da.Array]:
+        """Write frames now (e.g. the start of a run); the next :meth:`save`'s marker lists them.
+
+        Frames are arrays kept beside the slots (recorded iterations): each
+        is written once, under its own name, and read back by :meth:`frame`.
+        """
+        self._groups()
+        dask.compute(*self._frame_writes(frames))
+        self.frames = [*self.frames, *frames]
+        return {name: self.frame(name) for name in frames}
 
     def save(
         self,
@@ -175,19 +207,18 @@ class RoundCheckpoint:
         arrays: Mapping[str, da.Array],
         extra: Any = None,
         history: Callable[[Any], list[dict[str, Any]]] | None = None,
+        frames: Mapping[str, da.Array] | None = None,
     ) -> tuple[dict[str, da.Array], Any]:
         """Write the state after ``step`` steps, then mark it complete.
 
         ``extra`` (anything dask computes, e.g. per-step statistics) is
-        computed in the same pass as the arrays; ``history(extra)`` gives
-        the per-step entries this round adds. Returns the arrays read back
-        from the checkpoint (their graphs start here) and ``extra`` computed.
+        computed in the same pass as the arrays, and so are ``frames`` (see
+        :meth:`add_frames`); ``history(extra)`` gives the per-step entries
+        this round adds. Returns the arrays read back from the checkpoint
+        (their graphs start here) and ``extra`` computed.
         """
-        import zarr
-
-        # Zarr groups, so readers of the store see a valid hierarchy.
-        zarr.open_group(os.path.dirname(self.root), mode="a", zarr_format=3)
-        zarr.open_group(self.root, mode="a", zarr_format=3)
+        self._groups()
+        frames = dict(frames or {})
         previous = self._read()
         slot = "b" if previous is not None and previous["slot"] == "a" else "a"
         base = os.path.join(self.root, slot)
@@ -195,7 +226,9 @@ class RoundCheckpoint:
             da.to_zarr(a, os.path.join(base, name), overwrite=True, compute=False)
             for name, a in arrays.items()
         ]
+        writes += self._frame_writes(frames)
         *_, extra = dask.compute(*writes, extra)
+        self.frames = [*self.frames, *frames]
         self.history = self.history + (history(extra) if history is not None else [])
         self.rounds = [*self.rounds, {"first": self.step + 1, "last": step, "run": self.run}]
         self.step = step
@@ -210,6 +243,7 @@ class RoundCheckpoint:
                     "params": self.params,
                     "history": self.history,
                     "rounds": self.rounds,
+                    "frames": self.frames,
                 },
                 f,
             )

@@ -1,7 +1,7 @@
-"""Supervised classification: fill the space with labels (DESIGN §3.1).
+"""Supervised classification: fill the space with labels (docs/design.md §3.1).
 
 :func:`classify` seeds every cell that holds training points with its
-majority class, then iterates the vote filter of :mod:`gridflow.stencil`
+majority class, then iterates the vote filter of :mod:`gridflow.engine.vote`
 until the requested number of steps (or, with ``iterations="auto"``, until a
 step labels no new cell and changes at most ``tol`` of the cells). It writes
 ``label``, ``confidence``, ``density`` and optionally ``probability``.
@@ -15,7 +15,7 @@ in the store's attributes only after its variables are written, with a
 ``rounds`` log saying which attempt computed which steps.
 
 The chunks and the steps fused per round come from the memory planner
-(:func:`gridflow.planner.plan_filter`): the store's chunks are kept when a
+(:func:`gridflow.engine.planner.plan_filter`): the store's chunks are kept when a
 worker can hold their rounds, and made smaller when it cannot.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -33,11 +32,26 @@ import dask.array as da
 import numpy as np
 
 from gridflow import store as store_mod
+from gridflow._types import (
+    BOUNDARIES,
+    CORRELATION_METHODS,
+    SEEDS,
+    Boundary,
+    CorrelationMethod,
+    Seed,
+    choices,
+)
 from gridflow.checkpoint import RoundCheckpoint, resume_point
+from gridflow.engine.vote import (
+    FinalRound,
+    RoundState,
+    history_entries,
+    persist_round,
+    run_dask,
+)
 from gridflow.errors import BoundaryWarning, ConvergenceWarning, ParameterError
 from gridflow.kernels import Kernel, parse_kernel
 from gridflow.progress import Progress
-from gridflow.stencil import FinalRound, RoundState, history_entries, run_dask
 
 __all__ = ["classify", "tune"]
 
@@ -61,28 +75,37 @@ def parse_iterations(iterations: int | str) -> int | None:
     return n
 
 
-def parse_boundary(boundary: str | None, spec: Any = None) -> str:
-    """``"periodic"`` or ``"open"``; None: the grid's own geometry.
+def parse_boundary(
+    boundary: str | None,
+    spec: Any = None,
+    *,
+    allowed: tuple[str, ...] = BOUNDARIES,
+    stacklevel: int = 2,
+) -> str:
+    """One of ``allowed`` (the filters' :data:`~gridflow._types.BOUNDARIES`, or
+    :data:`~gridflow._types.FILTER_BOUNDARIES` for window filters); None: the
+    grid's own geometry.
 
     A grid is stepped as periodic only when every dim wraps. Asking for
     ``"periodic"`` on a grid whose dims do not wrap warns
-    (:class:`~gridflow.errors.BoundaryWarning`): its far edges would vote
-    for each other.
+    (:class:`~gridflow.errors.BoundaryWarning`, at ``stacklevel`` above the
+    caller): its far edges would see each other.
     """
     if boundary is None:
         if spec is None:
             return "periodic"
         return "periodic" if all(spec.periodic) else "open"
-    if boundary not in ("periodic", "open"):
-        raise ParameterError(f"boundary: expected 'periodic' or 'open', got {boundary!r}")
+    if boundary not in allowed:
+        hint = "" if allowed == BOUNDARIES else " or None (the grid's own)"
+        raise ParameterError(f"boundary: expected {choices(allowed)}{hint}, got {boundary!r}")
     if boundary == "periodic" and spec is not None and not all(spec.periodic):
         flat = [d for d, p in zip(spec.dims, spec.periodic, strict=True) if not p]
         warnings.warn(
             f"boundary: the grid's dims {', '.join(flat)} do not wrap, yet boundary='periodic' "
-            "makes cells at opposite edges vote for each other; leave boundary (--boundary) unset "
+            "makes cells at opposite edges see each other; leave boundary (--boundary) unset "
             "to follow the grid (open here)",
             BoundaryWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
     return boundary
 
@@ -128,12 +151,12 @@ def classify(
     kernel: str | np.ndarray | Kernel = "inverse_distance",
     window: int | None = 10,
     iterations: int | Literal["auto"] = 3,
-    boundary: Literal["periodic", "open"] | None = None,
-    seed: Literal["labels", "counts"] = "labels",
+    boundary: Boundary | None = None,
+    seed: Seed = "labels",
     clamp: bool = False,
     probabilities: bool = False,
     sigma: float | None = None,
-    method: str = "auto",
+    method: CorrelationMethod = "auto",
     tol: float = 1e-4,
     max_iter: int = 100,
     fuse: int | None = None,
@@ -168,7 +191,7 @@ def classify(
     chunks : int, sequence of int or "auto", optional
         Spatial chunks of the run. Default: the grid's own, made smaller
         only when a worker cannot hold a round of them (see
-        :mod:`gridflow.planner`); ``"auto"``: the planner's choice. Chunking
+        :mod:`gridflow.engine.planner`); ``"auto"``: the planner's choice. Chunking
         never changes the result.
     resume : bool
         Continue from the store's last complete round; safe to always pass:
@@ -187,34 +210,25 @@ def classify(
     >>> ds = classify("grid.zarr", window=5, iterations="auto")  # doctest: +SKIP
     >>> ds["label"].plot()  # doctest: +SKIP
     """
-    path = None
-    if isinstance(grid, (str, os.PathLike)):
-        path = os.fspath(grid)
-        grid = store_mod.open_grid(path)
-    spec = store_mod.grid_spec(grid)
-    counts = grid["counts"].data
-    if not isinstance(counts, da.Array):  # an in-memory grid: one chunk
-        counts = da.from_array(counts, chunks=counts.shape)
+    path, grid, spec, counts = store_mod.stage_input(grid)
     nclasses = counts.shape[0]
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n = parse_iterations(iterations)
     boundary = parse_boundary(boundary, spec)
-    if seed not in ("labels", "counts"):
-        raise ParameterError(f"seed: expected 'labels' or 'counts', got {seed!r}")
+    if seed not in SEEDS:
+        raise ParameterError(f"seed: expected {choices(SEEDS)}, got {seed!r}")
     tol = parse_tol(tol)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ParameterError(f"max_iter: expected a positive integer, got {max_iter!r}")
     store_mod.warn_if_empty(grid, "classify")
-    if method not in ("auto", "direct", "separable", "box", "fft"):
-        raise ParameterError(
-            f"method: expected 'auto', 'direct', 'separable', 'box' or 'fft', got {method!r}"
-        )
+    if method not in CORRELATION_METHODS:
+        raise ParameterError(f"method: expected {choices(CORRELATION_METHODS)}, got {method!r}")
     params = {
         **filter_record(kernel, k, sigma, iterations, boundary, seed),
         "clamp": bool(clamp),
         "tol": tol,
         "max_iter": max_iter,
-        "weights_sha": _weights_digest(k),
+        "weights_sha": k.digest,
     }
 
     if path is not None:
@@ -258,7 +272,7 @@ def classify(
         tol=tol,
         max_iter=max_iter,
         start=start,
-        materialise=bar.rounds(materialise or _persist),
+        materialise=bar.rounds(materialise or persist_round),
         history=history,
         seed_counts=counts.astype(np.float64) if seed == "counts" else None,
     )
@@ -268,15 +282,18 @@ def classify(
     stage = {**params, "steps": final.step, "probabilities": bool(probabilities)}
     if path is not None:
         stage["rounds"] = ckpt.rounds.final_round(final.step)
-    if path is None:
-        computed = dask.persist(*outputs.values(), final.stats)
-        stats = None if final.stats is None else dask.compute(computed[-1])[0]
-        _record(history, final, stats, labels0.size)
-        ds = grid.assign(dict(zip(outputs, computed[:-1], strict=True)))
-        ds.attrs = store_mod.stage_attrs(grid.attrs, "classify", stage, history=history)
-        bar.finish(final.step)
-        return ds
-    ds = _write(path, grid, outputs, final, history, stage, labels0.size, ckpt)
+
+    def record(stats: Any) -> dict[str, Any]:
+        if final.stats is not None:
+            history.extend(history_entries(final.first_step, np.asarray(stats), labels0.size))
+        return {"history": history}
+
+    ds = store_mod.apply_stage(
+        grid, path, "classify", outputs, stage, extra=final.stats, record=record
+    )
+    if path is not None:
+        ckpt.clear()  # the stage is written: its rounds are no longer needed
+        log.info("classify: %d steps written to %s", final.step, path)
     bar.finish(final.step)
     return ds
 
@@ -297,12 +314,6 @@ def _warn_unsettled(history: list[dict[str, float]], tol: float, max_iter: int) 
     )
 
 
-def _persist(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
-    """A round of an in-memory run, persisted on the workers (as run_dask does)."""
-    labels, density, stats = dask.persist(state.labels, state.density, stats)
-    return RoundState(state.step, labels, density), np.asarray(dask.compute(stats)[0])
-
-
 def _plan(
     counts: da.Array,
     spec: Any,
@@ -314,12 +325,14 @@ def _plan(
     clamp: bool,
 ) -> tuple[tuple[int, ...], int | None]:
     """Chunks of the run and the most steps per round a worker can hold."""
-    from gridflow.binning import parse_chunks
-    from gridflow.planner import plan_filter
+    from gridflow.engine.planner import plan_filter
 
     nclasses = counts.shape[0]
     stored = tuple(c[0] for c in counts.chunks[1:])
+    from gridflow.runtime import worker_resources
+
     task = {
+        **worker_resources(),
         "iterations": iterations,
         "seed_counts": seed == "counts",
         "clamp": clamp,
@@ -338,7 +351,7 @@ def _plan(
     elif isinstance(chunks, str) and chunks == "auto":
         plan = plan_filter(spec.shape, nclasses, k.radius, **task)
     else:
-        given = parse_chunks(chunks, spec, nclasses)
+        given = spec.parse_chunks(chunks)
         plan = plan_filter(spec.shape, nclasses, k.radius, chunks=given, keep_chunks=True, **task)
     # Said once per run where it matters: chunks changed to fit (tune calls this often).
     level = logging.INFO if plan.chunks != stored else logging.DEBUG
@@ -346,12 +359,6 @@ def _plan(
         level, "classify plan: %s (store chunks %s)", plan.summary(), "x".join(map(str, stored))
     )
     return plan.chunks, plan.fuse
-
-
-def _weights_digest(k: Kernel) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(k.weights).tobytes()).hexdigest()[:16]
 
 
 def _outputs(final: FinalRound, nclasses: int, probabilities: bool, grid: Any) -> dict[str, Any]:
@@ -382,27 +389,6 @@ def _outputs(final: FinalRound, nclasses: int, probabilities: bool, grid: Any) -
             ("class", *dims), prob, attrs={"long_name": "vote fraction per class"}
         )
     return out
-
-
-def _record(history: list, final: FinalRound, stats: Any, ncells: int) -> None:
-    if final.stats is not None:
-        history.extend(history_entries(final.first_step, np.asarray(stats), ncells))
-
-
-def _write(path, grid, outputs, final, history, stage, ncells, ckpt) -> Any:
-    """The stage into the store, whole (:func:`gridflow.store.write_stage`); then
-    the checkpoint, no longer needed, is removed."""
-
-    def record(stats: Any) -> dict[str, Any]:
-        _record(history, final, stats, ncells)
-        return {"history": history}
-
-    ds, _ = store_mod.write_stage(
-        path, "classify", outputs, stage, extra=final.stats, record=record
-    )
-    ckpt.clear()
-    log.info("classify: %d steps written to %s", final.step, path)
-    return ds
 
 
 class _Checkpoint:

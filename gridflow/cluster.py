@@ -1,20 +1,20 @@
-"""Unsupervised clustering: density, equalized levels, level-set components (DESIGN §3.2).
+"""Unsupervised clustering: density, equalized levels, level-set components (docs/design.md §3.2).
 
 :func:`cluster` runs four steps, each exact and independent of the chunking:
 
-1. **density** — the filter of :mod:`gridflow.stencil` on the class-free
+1. **density** — the filter of :mod:`gridflow.engine.vote` on the class-free
    occupancy: every cell holding points (of any class) is labeled, and the
    damped sum over the steps of the total vote is the density, exactly as
-   the classification's density (DESIGN §3.1; with one class and the
+   the classification's density (docs/design.md §3.1; with one class and the
    occupancy as its labels, bit for bit the density ``classify`` computes on
    the same grid). ``seed="counts"`` lets the first step vote with the
    number of points in each cell instead (a kernel density estimate, which
    keeps telling dense from denser when every cell holds points);
 2. **levels** — histogram equalization of the density into ``L`` levels
-   (:mod:`gridflow.equalize`): ``method="cells"`` ranks among cells,
+   (:mod:`gridflow.engine.equalize`): ``method="cells"`` ranks among cells,
    ``"distinct"`` among distinct densities (the reference's rule);
 3. **components** — the connected components of ``{level >= l}`` for every
-   level (:mod:`gridflow.components`), across chunk borders and, with
+   level (:mod:`gridflow.engine.components`), across chunk borders and, with
    ``boundary="periodic"``, across the seam. They nest into a tree, kept
    as the hierarchy table; components of fewer than ``min_cells`` cells are
    noise. The clusters are the components of one level, chosen or
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,13 +43,14 @@ import dask.array as da
 import numpy as np
 
 from gridflow import store as store_mod
+from gridflow._types import SEEDS, Boundary, EqualizeMethod, Seed, choices
 from gridflow.checkpoint import resume_point
 from gridflow.classify import filter_record, parse_boundary, parse_iterations
-from gridflow.components import LevelSetTree, level_set_tree, parse_connectivity
-from gridflow.equalize import DEFAULT_CUTS, equalize, parse_levels, parse_method
+from gridflow.engine.components import LevelSetTree, level_set_tree, parse_connectivity
+from gridflow.engine.equalize import DEFAULT_CUTS, equalize, parse_levels, parse_method
+from gridflow.engine.vote import UNLABELED, run_dask
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel, parse_kernel
-from gridflow.stencil import UNLABELED, run_dask
 
 __all__ = ["Hierarchy", "choose_level", "cluster", "hierarchy"]
 
@@ -186,14 +186,14 @@ def cluster(
     window: int | None = 10,
     iterations: int | Literal["auto"] = 3,
     levels: int | Sequence[float] | str = DEFAULT_CUTS,
-    method: Literal["cells", "distinct"] = "cells",
+    method: EqualizeMethod = "cells",
     level: int | Literal["auto"] = "auto",
     min_cells: int = 20,
     connectivity: int = 1,
     fill: bool = False,
     fill_window: int | None = None,
-    boundary: Literal["periodic", "open"] | None = None,
-    seed: Literal["labels", "counts"] = "labels",
+    boundary: Boundary | None = None,
+    seed: Seed = "labels",
     sigma: float | None = None,
     max_iter: int | None = None,
     resume: bool = False,
@@ -257,16 +257,7 @@ def cluster(
     >>> ds["cluster"].plot()  # doctest: +SKIP
     >>> gridflow.predict(ds, points, variable="cluster").codes  # doctest: +SKIP
     """
-    path = None
-    if isinstance(grid, (str, os.PathLike)):
-        path = os.fspath(grid)
-        grid = store_mod.open_grid(path)
-    else:
-        grid = store_mod.as_grid(grid)
-    spec = store_mod.grid_spec(grid)
-    counts = grid["counts"].data
-    if not isinstance(counts, da.Array):  # an in-memory grid: one chunk
-        counts = da.from_array(counts, chunks=counts.shape)
+    path, grid, spec, counts = store_mod.stage_input(grid)
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n_steps = parse_iterations(iterations)
     boundary = parse_boundary(boundary, spec)
@@ -292,8 +283,8 @@ def cluster(
         raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
     store_mod.warn_if_empty(grid, "cluster")
     connectivity = parse_connectivity(connectivity, spec.ndim)
-    if seed not in ("labels", "counts"):
-        raise ParameterError(f"seed: expected 'labels' or 'counts', got {seed!r}")
+    if seed not in SEEDS:
+        raise ParameterError(f"seed: expected {choices(SEEDS)}, got {seed!r}")
     if max_iter is not None and (int(max_iter) != max_iter or max_iter < 1):
         raise ParameterError(f"max_iter: expected a positive integer, got {max_iter!r}")
 
@@ -349,7 +340,6 @@ def cluster(
             clamp=True,
             tol=1.0,  # stop at the first step that labels no new cell
             max_iter=limit,
-            fuse=_fill_fuse(labels.chunks, kf),
         )
         labels, fill_steps = filled.labels, filled.step
 
@@ -374,29 +364,8 @@ def cluster(
         100 * noise,
     )
     outputs = _outputs(grid, spec, lev_out, labels, h, node_cluster)
-    if path is None:
-        stale = [v for v in (*VARIABLES, "node") if v in grid.variables]  # an earlier run's
-        ds = grid.drop_vars(stale).assign(outputs)
-        ds = ds.assign_coords(node=np.arange(len(h), dtype=np.int32))
-        ds.attrs = store_mod.stage_attrs(grid.attrs, "cluster", stage)
-        return ds
     node = np.arange(len(h), dtype=np.int32)
-    ds, _ = store_mod.write_stage(path, "cluster", outputs, stage, coords={"node": node})
-    return ds
-
-
-def _fill_fuse(chunks: tuple[tuple[int, ...], ...], k: Kernel) -> int:
-    """Fill steps per round: as many as keep a round's halo within half the chunk's cells.
-
-    Rounds of more steps carry deeper halos and overshoot the stopping step
-    by more (the engine redoes the round up to it). Measured: 43 steps on a
-    256² grid (w=3) took 1.9 s at 4 per round (halo +50%), 3.4 s at 1, 22 s at
-    all the chunk allows; 81 steps on 64³ took 30 s at 1 per round, 41 s at 4.
-    """
-    ndim = len(chunks)
-    grow = 1.5 ** (1.0 / ndim) - 1.0
-    c = min(min(ch) for ch in chunks)
-    return int(np.clip(math.floor(c * grow / (2 * max(k.radius))), 1, 8))
+    return store_mod.apply_stage(grid, path, "cluster", outputs, stage, coords={"node": node})
 
 
 def _crossing_steps(shape: tuple[int, ...], k: Kernel) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from gridflow.backend import namespace
 from gridflow.errors import ParameterError
 
 __all__ = ["integers", "random_bits", "stream_key", "uniform"]
@@ -62,15 +63,6 @@ def _mix_inplace(xp: Any, z: Any, tmp: Any) -> None:
         xp.multiply(z, mult, out=z)
     xp.right_shift(z, _SHIFTS[31], out=tmp)
     xp.bitwise_xor(z, tmp, out=z)
-
-
-def _namespace(a: Any) -> Any:
-    """CuPy for CuPy arrays (imported only then), else NumPy."""
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def _parse_int(value: Any, name: str) -> int:
@@ -114,7 +106,7 @@ def _draw(seed: int, stream: int, index: ArrayLike, dtype: Any, finish: Any) -> 
     CPU cache, which halves the time on large arrays; CuPy gets one block.
     """
     key = np.uint64(_key(seed, stream))
-    xp = _namespace(index)
+    xp = namespace(index)
     idx = xp.asarray(index)
     if idx.dtype.kind not in "iu":
         raise ParameterError(

@@ -1,6 +1,6 @@
 """scikit-learn estimators: :class:`GridClassifier` and :class:`GridClusterer`.
 
-:class:`GridClassifier` wraps the whole supervised pipeline of DESIGN.md
+:class:`GridClassifier` wraps the whole supervised pipeline of docs/design.md
 §3.1 for in-memory feature matrices: ``fit`` bins the training points into
 per-class count grids (:func:`gridflow.bin_points`), fills the space with
 labels by iterating the vote filter (:func:`gridflow.classify`) and keeps
@@ -18,13 +18,14 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, ClusterMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from gridflow._types import Boundary, EqualizeMethod, KernelName, Seed
 from gridflow.binning import bin_points
 from gridflow.classify import classify, parse_iterations
 from gridflow.cluster import cluster
@@ -159,13 +160,68 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
     return bins, _rule_window((bins,) * d)
 
 
-class GridClassifier(ClassifierMixin, BaseEstimator):
+#: Types of the parameters both estimators take.
+_Bins: TypeAlias = int | Sequence[int] | None
+_Kernel: TypeAlias = KernelName | np.ndarray
+_Iterations: TypeAlias = int | Literal["auto"]
+_Chunks: TypeAlias = int | Sequence[int] | str
+
+
+class _GridEstimator(BaseEstimator):
+    """What :class:`GridClassifier` and :class:`GridClusterer` share: keeping
+    their parameters, the window rule's precondition, input validation for
+    prediction, the fitted grid's attributes and pickling."""
+
+    def _keep_params(self, params: dict[str, Any]) -> None:
+        """Store ``__init__``'s arguments as they are (scikit-learn validates in ``fit``)."""
+        for name, value in params.items():
+            if name != "self":
+                setattr(self, name, value)
+
+    def _window_given(self) -> bool:
+        """True when ``window`` is given or an array kernel brings its own size: no rule."""
+        return self.window is not None or not isinstance(self.kernel, str)
+
+    def _validate_predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=np.float64)
+
+    def _keep_grid(self, grid: Any, spec: GridSpec, stage_name: str) -> dict[str, Any]:
+        """Set ``grid_``, ``spec_``, ``bins_`` and ``window_``; return the stage's record."""
+        stage = grid.attrs["gridflow_stages"][stage_name]
+        radius = tuple(stage["window"])
+        self.grid_ = grid
+        self.spec_ = spec
+        self.bins_ = spec.bins
+        self.window_ = radius[0] if len(set(radius)) == 1 else radius
+        return stage
+
+    @staticmethod
+    def _clip(X: np.ndarray, spec: GridSpec) -> np.ndarray:
+        """Move points beyond the bounds of non-periodic features onto the edge."""
+        if all(spec.periodic):
+            return X
+        X = X.copy()
+        for i, (lo, hi) in enumerate(spec.bounds):
+            if not spec.periodic[i]:
+                np.clip(X[:, i], lo, hi, out=X[:, i])
+        return X
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle holds the grid's values, not handles to a Dask cluster.
+        state = super().__getstate__()
+        if "grid_" in state:
+            state["grid_"] = state["grid_"].compute()
+        return state
+
+
+class GridClassifier(ClassifierMixin, _GridEstimator):
     """Classifier that fills a grid over feature space with an iterated vote filter.
 
     ``fit`` bins the training points into one count grid per class, labels
     every cell holding points with its majority class, then lets every cell
     take the distance-weighted majority vote of the labels within ``window``
-    cells, ``iterations`` times (DESIGN.md §3.1). ``predict`` reads the label
+    cells, ``iterations`` times (docs/design.md §3.1). ``predict`` reads the label
     of each point's cell: one array read per point, no distances.
 
     Parameters
@@ -265,27 +321,18 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        bins: int | Sequence[int] | None = None,
+        bins: _Bins = None,
         window: int | None = None,
-        kernel: str | np.ndarray = "inverse_distance",
-        iterations: int | Literal["auto"] = 3,
-        boundary: Literal["open", "periodic"] = "open",
+        kernel: _Kernel = "inverse_distance",
+        iterations: _Iterations = 3,
+        boundary: Boundary = "open",
         bounds: Any = None,
         periodic: bool | Sequence[bool] = False,
         clamp: bool = False,
-        seed: Literal["counts", "labels"] = "counts",
-        chunks: int | Sequence[int] | str = "auto",
+        seed: Seed = "counts",
+        chunks: _Chunks = "auto",
     ) -> None:
-        self.bins = bins
-        self.window = window
-        self.kernel = kernel
-        self.iterations = iterations
-        self.boundary = boundary
-        self.bounds = bounds
-        self.periodic = periodic
-        self.clamp = clamp
-        self.seed = seed
-        self.chunks = chunks
+        self._keep_params(locals())
 
     # --- fitting ----------------------------------------------------------------
 
@@ -323,8 +370,8 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         return _spec_for(X, bins, self.bounds, self.periodic)
 
     def _window(self, n_samples: int, spec: GridSpec) -> int | None:
-        if self.window is not None or not isinstance(self.kernel, str):
-            return self.window  # an array kernel brings its own size
+        if self._window_given():
+            return self.window
         return _rule_window(spec.bins)
 
     def _fit_grid(
@@ -336,12 +383,7 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         iterations: int | str,
     ) -> None:
         counts = _bin(X, codes, spec, len(self.classes_), self.chunks)
-        self.grid_ = self._classify(counts, window, iterations)
-        stage = self.grid_.attrs["gridflow_stages"]["classify"]
-        radius = tuple(stage["window"])
-        self.spec_ = spec
-        self.bins_ = spec.bins
-        self.window_ = radius[0] if len(set(radius)) == 1 else radius
+        stage = self._keep_grid(self._classify(counts, window, iterations), spec, "classify")
         self.n_iter_ = int(stage["steps"])
 
     def _classify(self, counts: Any, window: int | None, iterations: int | str) -> Any:
@@ -364,8 +406,7 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         Points in a cell the filter left unlabeled get the majority
         training class (see Notes of the class).
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._validate_predict(X)
         return self.classes_[self._codes(self.grid_, X)]
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -377,8 +418,7 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         points keep their majority class whatever the votes, so there
         ``predict`` may differ from the most probable class.
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._validate_predict(X)
         spec = self.spec_
         if _in_memory(spec):
             cells = spec.flat_index(self._clip(X, spec))
@@ -408,17 +448,6 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         else:
             codes = predict_grid(grid, self._clip(X, spec)).codes
         return np.where(codes >= 0, codes, int(np.argmax(self.class_prior_)))
-
-    @staticmethod
-    def _clip(X: np.ndarray, spec: GridSpec) -> np.ndarray:
-        """Move points beyond the bounds of non-periodic features onto the edge."""
-        if all(spec.periodic):
-            return X
-        X = X.copy()
-        for i, (lo, hi) in enumerate(spec.bounds):
-            if not spec.periodic[i]:
-                np.clip(X[:, i], lo, hi, out=X[:, i])
-        return X
 
     # --- tuning -----------------------------------------------------------------
 
@@ -534,15 +563,6 @@ class GridClassifier(ClassifierMixin, BaseEstimator):
         w = self._window(n_samples, spec)
         return sorted({min(max(1, round(w * f)), largest) for f in (1 / 3, 1 / 2, 1, 2, 3)})
 
-    # --- scikit-learn protocol ------------------------------------------------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A pickle holds the grid's values, not handles to a Dask cluster.
-        state = super().__getstate__()
-        if "grid_" in state:
-            state["grid_"] = state["grid_"].compute()
-        return state
-
 
 def _candidate_iterations(iterations: Sequence[int | str]) -> list[int | str]:
     if isinstance(iterations, (str, int)):
@@ -642,13 +662,13 @@ def default_cluster_grid(n_samples: int, n_features: int) -> tuple[int, int]:
     return bins, max(1, min(w, bins // 8, (bins - 1) // 2))
 
 
-class GridClusterer(ClusterMixin, BaseEstimator):
+class GridClusterer(ClusterMixin, _GridEstimator):
     """Density clustering on a grid: connected components of equalized density levels.
 
     ``fit`` bins the points into a count grid, filters it into a density,
     equalizes the density into ``levels`` levels and takes the connected
     components of one level set as clusters, the level chosen where the
-    clusters persist the most (DESIGN.md §3.2, :func:`gridflow.cluster`).
+    clusters persist the most (docs/design.md §3.2, :func:`gridflow.cluster`).
     With ``fill=True`` (the default) every cell, hence every point, gets a
     cluster; otherwise points in low-density cells are noise (-1), as with
     HDBSCAN. ``predict`` reads the cluster of each point's cell.
@@ -725,39 +745,24 @@ class GridClusterer(ClusterMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        bins: int | Sequence[int] | None = None,
+        bins: _Bins = None,
         window: int | None = None,
-        kernel: str | np.ndarray = "inverse_distance",
-        iterations: int | Literal["auto"] = 3,
+        kernel: _Kernel = "inverse_distance",
+        iterations: _Iterations = 3,
         levels: int | Sequence[float] = 32,
-        method: Literal["distinct", "cells"] = "distinct",
+        method: EqualizeMethod = "distinct",
         level: int | Literal["auto"] = "auto",
         min_cells: int = 20,
         connectivity: int = 1,
         fill: bool = True,
         fill_window: int | None = None,
-        seed: Literal["counts", "labels"] = "counts",
-        boundary: Literal["open", "periodic"] = "open",
+        seed: Seed = "counts",
+        boundary: Boundary = "open",
         bounds: Any = None,
         periodic: bool | Sequence[bool] = False,
-        chunks: int | Sequence[int] | str = "auto",
+        chunks: _Chunks = "auto",
     ) -> None:
-        self.bins = bins
-        self.window = window
-        self.kernel = kernel
-        self.iterations = iterations
-        self.levels = levels
-        self.method = method
-        self.level = level
-        self.min_cells = min_cells
-        self.connectivity = connectivity
-        self.fill = fill
-        self.fill_window = fill_window
-        self.seed = seed
-        self.boundary = boundary
-        self.bounds = bounds
-        self.periodic = periodic
-        self.chunks = chunks
+        self._keep_params(locals())
 
     def fit(self, X: Any, y: Any = None) -> GridClusterer:
         """Bin the points and cluster the grid.
@@ -778,7 +783,7 @@ class GridClusterer(ClusterMixin, BaseEstimator):
         bins, window = default_cluster_grid(n, d)
         bins = bins if self.bins is None else self.bins
         spec = _spec_for(X, bins, self.bounds, self.periodic)
-        if self.window is not None or not isinstance(self.kernel, str):
+        if self._window_given():
             window = self.window
         else:  # given bins: the window rule on them
             side = (CLUSTER_POINTS_PER_WINDOW * math.prod(spec.bins) / n) ** (1.0 / d)
@@ -803,12 +808,7 @@ class GridClusterer(ClusterMixin, BaseEstimator):
             boundary=self.boundary,
             seed=self.seed,
         )
-        stage = grid.attrs["gridflow_stages"]["cluster"]
-        radius = tuple(stage["window"])
-        self.grid_ = grid
-        self.spec_ = spec
-        self.bins_ = spec.bins
-        self.window_ = radius[0] if len(set(radius)) == 1 else radius
+        stage = self._keep_grid(grid, spec, "cluster")
         self.level_ = int(stage["cut_level"])
         self.n_clusters_ = int(stage["clusters"])
         self.hierarchy_ = _hierarchy_frame(grid)
@@ -821,19 +821,12 @@ class GridClusterer(ClusterMixin, BaseEstimator):
         Points beyond the bounds of non-periodic features count as in the
         nearest edge cell.
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._validate_predict(X)
         return self._labels(X)
 
     def _labels(self, X: np.ndarray) -> np.ndarray:
-        result = predict_grid(self.grid_, GridClassifier._clip(X, self.spec_), variable="cluster")
+        result = predict_grid(self.grid_, self._clip(X, self.spec_), variable="cluster")
         return result.codes
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        if "grid_" in state:
-            state["grid_"] = state["grid_"].compute()
-        return state
 
 
 def _hierarchy_frame(grid: Any) -> Any:

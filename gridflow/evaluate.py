@@ -39,6 +39,7 @@ import dask
 import numpy as np
 import pandas as pd
 
+from gridflow._types import BASELINES
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import Block, PointSource, open_points
@@ -49,7 +50,6 @@ __all__ = ["Baseline", "Evaluation", "Scores", "evaluate"]
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("knn",)
 INSTALL_HINT = "pip install 'gridflow[bench]'"
 
 #: Distinct unknown true labels kept in the report (the most frequent).

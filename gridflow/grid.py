@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gridflow.backend import namespace
 from gridflow.errors import InputDataError, ParameterError
 
 __all__ = [
@@ -254,7 +255,7 @@ class GridSpec:
         dim (NaN, infinite, or out of range on a non-periodic dim) gets -1 on
         every dim. Works on NumPy and CuPy arrays alike.
         """
-        xp = _namespace(points)
+        xp = namespace(points)
         pts = xp.asarray(points, dtype=xp.float64)
         if pts.ndim != 2 or pts.shape[1] != self.ndim:
             raise ParameterError(
@@ -267,11 +268,37 @@ class GridSpec:
         out[bad] = -1
         return out
 
+    def parse_chunks(self, chunks: int | Sequence[int] | str) -> tuple[int, ...]:
+        """Spatial chunk sizes from an int, one int per dim, or ``"64,32"``; clipped to the grid.
+
+        The one parser of given chunks (binning's ``"auto"`` rule and the
+        filter planner start from its result).
+        """
+        if isinstance(chunks, str):
+            try:
+                chunks = [int(c) for c in chunks.split(",") if c.strip()]
+            except ValueError:
+                raise ParameterError(
+                    f"chunks: expected integers or 'auto', got {chunks!r}"
+                ) from None
+        if isinstance(chunks, (int, np.integer)):
+            chunks = [int(chunks)] * self.ndim
+        chunks = [int(c) for c in chunks]
+        if len(chunks) == 1:
+            chunks *= self.ndim
+        if len(chunks) != self.ndim:
+            raise ParameterError(
+                f"chunks: expected 1 or {self.ndim} values (one per dim), got {len(chunks)}"
+            )
+        if any(c <= 0 for c in chunks):
+            raise ParameterError(f"chunks: expected positive integers, got {chunks}")
+        return tuple(min(c, b) for c, b in zip(chunks, self.bins, strict=True))
+
     def flat_index(self, points: Any) -> Any:
         """C-order flat cell index of ``points`` (shape ``(n, ndim)``), -1 where none."""
-        xp = _namespace(points)
+        xp = namespace(points)
         if xp is np and np.ndim(points) == 2 and np.shape(points)[1] == self.ndim:
-            from gridflow._cellkernel import flat_index
+            from gridflow._kernels.cells import flat_index
 
             return flat_index(points, self)
         cells = self.cell_index(points)
@@ -327,15 +354,6 @@ def _from_ordinal(o: Any) -> Any:
     o = np.atleast_1d(np.asarray(o, dtype=np.int64))
     with np.errstate(over="ignore"):
         return np.where(o >= 0, o, _SIGN - o).view(np.float64)
-
-
-def _namespace(a: Any) -> Any:
-    """The array module of ``a``: CuPy for CuPy arrays, else NumPy."""
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def _cells_1d(xp: Any, v: Any, lo: float, hi: float, n: int, periodic: bool) -> Any:

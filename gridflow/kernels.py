@@ -72,6 +72,13 @@ class Kernel:
     def separable(self) -> bool:
         return self.factors is not None
 
+    @property
+    def digest(self) -> str:
+        """A short digest of the weights: what a stage records to tell kernels apart."""
+        import hashlib
+
+        return hashlib.sha256(np.ascontiguousarray(self.weights).tobytes()).hexdigest()[:16]
+
     def __repr__(self) -> str:
         return f"Kernel({self.name!r}, shape={self.weights.shape}, separable={self.separable})"
 

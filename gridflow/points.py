@@ -370,13 +370,13 @@ def _zarr_columns(path: str) -> dict[str, Any]:
 def _from_frame(frame, columns, label, require_label, description, hints) -> PointSource:
     meta = frame._meta
     available = [str(c) for c in meta.columns]
-    if label is not None and label not in available:
-        if require_label:
-            raise InputDataError(
-                f"points: label column {label!r} not found in {description}; available columns: "
-                f"{', '.join(available)}; pass --label NAME"
-            )
-        label = None
+    label = _present_label(
+        label,
+        available,
+        require_label,
+        f"label column {label!r} not found in {description}; available columns: "
+        f"{', '.join(available)}; pass --label NAME",
+    )
     columns = _choose_columns(columns, available, label, hints, lambda c: meta[c].dtype)
     frame = frame[[*columns, label] if label is not None else list(columns)]
     kind, categories = _label_kind(meta[label].dtype, label, description) if label else (None, None)
@@ -388,6 +388,18 @@ def _from_frame(frame, columns, label, require_label, description, hints) -> Poi
         for part in frame.to_delayed()
     ]
     return PointSource(tuple(columns), label, blocks, kind, categories, hints, str(description))
+
+
+def _present_label(
+    label: str | None, available: list[str], require_label: bool, missing: str
+) -> str | None:
+    """``label`` if it is among the ``available`` columns, else None, or the
+    error ``points: {missing}`` when the label is required."""
+    if label is None or label in available:
+        return label
+    if require_label:
+        raise InputDataError(f"points: {missing}")
+    return None
 
 
 def _frame_block(
@@ -551,13 +563,13 @@ def _from_mapping(arrays, columns, label, labels, require_label, description) ->
         arrays[label or "label"] = labels
         label = label or "label"
     available = list(arrays)
-    if label is not None and label not in arrays:
-        if require_label:
-            raise InputDataError(
-                f"points: no labels: {description} has no column {label!r} "
-                f"(available: {', '.join(available)}); pass labels= or --label NAME"
-            )
-        label = None
+    label = _present_label(
+        label,
+        available,
+        require_label,
+        f"no labels: {description} has no column {label!r} "
+        f"(available: {', '.join(available)}); pass labels= or --label NAME",
+    )
     columns = _choose_columns(
         columns, available, label, {}, lambda c: np.asarray(arrays[c][:0]).dtype
     )

@@ -1,7 +1,7 @@
 """Prediction: the label (and class probabilities) of new points, read from a grid.
 
 A point's cell comes from the grid's :class:`~gridflow.grid.GridSpec`, with
-the same float64 rule as binning (periodic dims wrapped, DESIGN.md §2). A
+the same float64 rule as binning (periodic dims wrapped, docs/design.md §2). A
 point in a cell gets the cell's value of the labels variable (``label`` by
 default; ``fractal`` or ``cluster`` work the same way) and, on request, the
 cell's ``probability`` row. A point with no cell (NaN, infinite, or outside
@@ -41,6 +41,7 @@ import pandas as pd
 from dask.delayed import Delayed
 
 from gridflow._staging import check_output, staged_directory
+from gridflow.backend import to_host
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import BLOCK_ROWS, Block, open_points, read_path
@@ -339,22 +340,14 @@ def _locate(part: Any, loc: _Locator, columns: tuple[str, ...], rows_expected: i
     return {int(ids[s]): (rows[s:e], local[s:e]) for s, e in itertools.pairwise(starts)}
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "todense"):  # pydata-sparse chunk
-        a = a.todense()
-    if type(a).__module__.split(".")[0] == "cupy":
-        return a.get()
-    return np.asarray(a)
-
-
 def _lookup(piece: tuple, labels: Any, probability: Any) -> tuple:
     """The values of one chunk at the cells of one block's rows."""
     rows, local = piece
     index = tuple(local.T)
-    values = _to_numpy(labels[index]).astype(np.int64, copy=False)
+    values = to_host(labels[index]).astype(np.int64, copy=False)
     probs = None
     if probability is not None:
-        probs = _to_numpy(probability[(slice(None), *index)]).T.astype(np.float32, copy=False)
+        probs = to_host(probability[(slice(None), *index)]).T.astype(np.float32, copy=False)
     return rows, values, probs
 
 

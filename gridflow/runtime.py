@@ -1,6 +1,6 @@
 """The Dask client a gridflow command runs on.
 
-``scheduler`` chooses the cluster (DESIGN §4, §5):
+``scheduler`` chooses the cluster (docs/design.md §4, §5):
 
 ``None`` / ``"local"``
     An in-process :class:`distributed.LocalCluster`: scheduler and one worker
@@ -524,6 +524,16 @@ def cluster_memory() -> ClusterMemory:
             total = sum(m for m, _ in limits)
             return ClusterMemory(total, len(limits), smallest, int(threads))
     return ClusterMemory(machine, 1, machine, os.cpu_count() or 1)
+
+
+def worker_resources() -> dict[str, Any]:
+    """What the memory planner plans for: one worker's memory limit and threads,
+    and the threads of the whole cluster (keywords of
+    :func:`gridflow.engine.planner.plan_filter`)."""
+    memory, threads = worker_memory()
+    client = active_client()
+    total = sum(client.nthreads().values()) if client is not None else threads
+    return {"memory": memory, "threads": threads, "total_threads": total}
 
 
 def worker_memory() -> tuple[float, int]:

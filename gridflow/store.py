@@ -1,7 +1,7 @@
 """Zarr stores of gridflow grids: schema, provenance, atomic writes.
 
 A store is one Zarr v3 group readable with ``xr.open_zarr`` holding the
-variables of DESIGN.md §2 (``counts`` first, then what later stages add),
+variables of docs/design.md §2 (``counts`` first, then what later stages add),
 one bin-centre coordinate per dim and a ``class`` coordinate with the
 original class names. Global attributes:
 
@@ -16,9 +16,9 @@ original class names. Global attributes:
 ``history``
     one line per command that wrote the store (CF convention, newest last).
 
-Data safety (DESIGN.md §4.2) lives here, once, for every command:
+Data safety (docs/design.md §4.2) lives here, once, for every command:
 
-- **one writer**: :func:`writer_lock` takes ``<store>/.gridflow-lock`` (pid,
+- **one writer**: :func:`writer_lock` takes ``<store>/_gridflow_lock/`` (pid,
   host, command) for the whole of a writing command; a second writer is
   refused with the holder named (:class:`~gridflow.errors.StoreBusyError`),
   a stale lock (dead pid on this host) is taken over with a warning;
@@ -488,6 +488,43 @@ def stage_attrs(
     return attrs
 
 
+def apply_stage(
+    grid: Any,
+    path: str | os.PathLike | None,
+    stage: str,
+    variables: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    coords: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    record: Callable[[Any], Mapping[str, Any]] | None = None,
+) -> Any:
+    """The one way a stage delivers its results: into its store, or onto ``grid``.
+
+    With a store ``path`` this is :func:`write_stage`. Without one the
+    variables are persisted on the workers together with ``extra``, the
+    stage's earlier variables (:data:`STAGE_VARIABLES`) and ``coords`` are
+    replaced, and the stage is recorded in the attributes exactly as a store
+    records it (``params`` and ``record(extra)``).
+    """
+    if path is not None:
+        return write_stage(
+            path, stage, variables, params, coords=coords, extra=extra, record=record
+        )[0]
+    import dask
+
+    names = list(variables)
+    *data, extra = dask.persist(*[variables[n].data for n in names], extra)
+    if extra is not None and hasattr(extra, "compute"):
+        extra = extra.compute()
+    out = {n: variables[n].copy(data=d) for n, d in zip(names, data, strict=True)}
+    stale = [v for v in (*STAGE_VARIABLES.get(stage, ()), *(coords or {})) if v in grid.variables]
+    ds = grid.drop_vars(stale).assign_coords(dict(coords or {})).assign(out)
+    rec = dict(record(extra)) if record is not None else {}
+    ds.attrs = stage_attrs(grid.attrs, stage, params, **rec)
+    return ds
+
+
 #: Zarr fill values of the stages' label layers: a chunk never written reads as unlabeled.
 FILL_VALUES = {"label": -1, "cluster": -1, "fractal": -1, "fractal_frames": -1}
 
@@ -775,6 +812,19 @@ def as_grid(grid: Any) -> Any:
     raise ParameterError(
         f"grid: expected a store path or an xarray Dataset from open_grid, got {type(grid).__name__}"
     )
+
+
+def stage_input(grid: Any) -> tuple[str | None, Any, GridSpec, Any]:
+    """What a stage starts from: its store path (None for a Dataset), the grid,
+    its GridSpec and the counts as a dask array (an in-memory grid: one chunk)."""
+    import dask.array as da
+
+    path = os.fspath(grid) if isinstance(grid, (str, os.PathLike)) else None
+    grid = as_grid(grid)
+    counts = grid["counts"].data
+    if not isinstance(counts, da.Array):
+        counts = da.from_array(counts, chunks=counts.shape)
+    return path, grid, grid_spec(grid), counts
 
 
 def grid_spec(ds: Any) -> GridSpec:

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,3 +50,35 @@ def small_pipeline(path: Path, *, bins=48, chunks=16, iterations=4, fuse=2) -> P
     return write_pipeline(
         path, SMALL.format(bins=bins, chunks=chunks, iterations=iterations, fuse=fuse)
     )
+
+
+#: A value of :func:`pipeline_config`'s changes: remove the key.
+DROP = object()
+
+
+def pipeline_config(*, bins, chunks, iterations, fuse, **changes) -> dict:
+    """SMALL as a mapping, with ``changes`` by dotted key (``DROP`` removes one)."""
+    config = yaml.safe_load(
+        SMALL.format(bins=bins, chunks=chunks, iterations=iterations, fuse=fuse)
+    )
+    for key, value in changes.items():
+        node = config
+        *head, last = key.split(".")
+        for part in head:
+            node = node.setdefault(part, {})
+        if value is DROP:
+            node.pop(last)
+        else:
+            node[last] = value
+    return config
+
+
+def run_in_empty_workdir(invoke, tmp_path: Path, config: dict):
+    """``invoke("run", ...)`` of ``config`` in an empty --workdir, which it must leave empty."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    work.mkdir()
+    r = invoke("run", path, "--workdir", work)
+    assert list(work.iterdir()) == [], r.output  # nothing generated, nothing created
+    return r

@@ -50,3 +50,43 @@ def reference_counts(points: np.ndarray, labels: np.ndarray, spec: GridSpec, ncl
             if not any(spec.periodic):
                 assert np.array_equal(hist.astype(np.int64), out[k]), "edges disagree"
     return out
+
+
+def local_cluster(**kwargs):
+    """Two single-threaded worker processes on localhost, no dashboard (``kwargs`` add to it).
+
+    Use as ``with local_cluster() as cluster, Client(cluster): ...``.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        **kwargs,
+    )
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """The array module an engine test runs on: NumPy, and CuPy where a CUDA device exists.
+
+    The ``cupy`` case carries the ``gpu`` mark and is skipped, saying why, on
+    a machine without CuPy or a device (CI), so one test body serves both.
+    """
+    if request.param == "numpy":
+        return np
+    cupy = pytest.importorskip("cupy", reason="the gpu case needs CuPy (gridflow[gpu])")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("the gpu case needs a CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError:
+        pytest.skip("the gpu case needs a CUDA device")
+    return cupy
+
+
+def to_host(a):
+    """A NumPy copy of an array of any backend (CuPy arrays leave the device)."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)

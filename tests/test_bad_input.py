@@ -27,6 +27,7 @@ from click.testing import CliRunner
 
 from gridflow import bin_points, open_grid
 from gridflow.cli import main
+from gridflow.engine.planner import check_dense_grid, plan_binning
 from gridflow.errors import (
     GridflowError,
     GridTooLargeError,
@@ -34,9 +35,8 @@ from gridflow.errors import (
     ParameterError,
     StorageError,
 )
-from gridflow.planner import check_dense_grid, plan_binning
 from gridflow.runtime import ClusterMemory
-from tests._cli import SMALL, cli_env, gridflow_command
+from tests._cli import cli_env, gridflow_command, pipeline_config, run_in_empty_workdir
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -440,16 +440,8 @@ def test_messages_name_the_options(tmp_path, points, store, args, words):
 
 
 def _config(**changes):
-    config = yaml.safe_load(SMALL.format(bins=16, chunks=8, iterations=2, fuse=1))
-    config["stages"]["cluster"] = {"window": 1}
-    config["stages"]["fractal"] = {"iterations": 10, "burn_in": 2}
-    for key, value in changes.items():
-        node = config
-        *head, last = key.split(".")
-        for part in head:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return config
+    stages = {"stages.cluster": {"window": 1}, "stages.fractal": {"iterations": 10, "burn_in": 2}}
+    return pipeline_config(bins=16, chunks=8, iterations=2, fuse=1, **stages, **changes)
 
 
 @pytest.mark.parametrize(
@@ -480,13 +472,7 @@ def _config(**changes):
     ],
 )
 def test_pipeline_refuses_what_a_stage_would_refuse_before_any_work(tmp_path, changes, message):
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(_config(**changes)))
-    work = tmp_path / "work"
-    work.mkdir()
-    r = invoke("run", path, "--workdir", work)
-    failed(r, message)
-    assert list(work.iterdir()) == []  # nothing generated, nothing created
+    failed(run_in_empty_workdir(invoke, tmp_path, _config(**changes)), message)
 
 
 def test_pipeline_accepts_what_the_stages_accept(tmp_path):
@@ -511,7 +497,7 @@ def test_errors_name_their_parameter():
 # --- the compiled-kernel cache ------------------------------------------------------------------
 
 _KERNEL = """
-from gridflow._binkernel import kernel
+from gridflow._kernels.binning import kernel
 print(kernel(2, "dense"))
 """
 

@@ -9,6 +9,7 @@ import xarray as xr
 from gridflow import GridSpec, bin_points, open_grid
 from gridflow.binning import _add_dense, parse_chunks
 from gridflow.errors import InputDataError, ParameterError, StoreError
+from tests._stores import POINT_SOURCES, point_source
 from tests.conftest import reference_counts
 
 SPEC = GridSpec(("x", "y"), bounds=(0, 1), bins=(8, 6))
@@ -32,47 +33,10 @@ def _frame(pts, labels):
     return pd.DataFrame({"x": pts[:, 0], "y": pts[:, 1], "label": labels})
 
 
-def _write_source(kind, pts, labels, tmp_path):
-    df = _frame(pts, labels)
-    if kind == "parquet":
-        path = tmp_path / "p.parquet"
-        dd.from_pandas(df, npartitions=3).to_parquet(path, write_index=False)
-        return str(path)
-    if kind == "csv":
-        path = tmp_path / "p.csv"
-        df.to_csv(path, index=False)
-        return str(path)
-    if kind == "csv-glob":
-        for i, start in enumerate(range(0, len(df), 1000)):
-            df.iloc[start : start + 1000].to_csv(tmp_path / f"part{i}.csv", index=False)
-        return str(tmp_path / "part*.csv")
-    if kind == "zarr":
-        path = tmp_path / "p.zarr"
-        xr.Dataset({c: ("row", df[c].to_numpy()) for c in df}).chunk({"row": 700}).to_zarr(
-            path, zarr_format=3, consolidated=False
-        )
-        return str(path)
-    if kind == "npz":
-        path = tmp_path / "p.npz"
-        np.savez(path, **{c: df[c].to_numpy() for c in df})
-        return str(path)
-    if kind == "npy":
-        path = tmp_path / "p.npy"
-        np.save(path, df.to_records(index=False))
-        return str(path)
-    if kind == "pandas":
-        return df
-    if kind == "dask":
-        return dd.from_pandas(df, npartitions=4)
-    raise AssertionError(kind)
-
-
-@pytest.mark.parametrize(
-    "kind", ["parquet", "csv", "csv-glob", "zarr", "npz", "npy", "pandas", "dask"]
-)
+@pytest.mark.parametrize("kind", POINT_SOURCES)
 def test_every_source_gives_the_same_counts(kind, points, expected, tmp_path):
     pts, labels = points
-    src = _write_source(kind, pts, labels, tmp_path)
+    src = point_source(kind, _frame(pts, labels), tmp_path)
     ds = bin_points(src, bins=SPEC.bins, bounds=(0, 1))
     assert ds["counts"].dims == ("class", "x", "y")
     assert ds["class"].values.tolist() == [0, 1, 2]
@@ -232,7 +196,7 @@ def _assert_nothing_written(tmp_path, store):
 )
 def test_bad_input_errors_and_writes_nothing(points, tmp_path, kwargs, error, match):
     pts, labels = points
-    src = _write_source("parquet", pts, labels, tmp_path)
+    src = point_source("parquet", _frame(pts, labels), tmp_path)
     store = str(tmp_path / "out.zarr")
     args = {"bins": 4} | kwargs
     with pytest.raises(error, match=match):
@@ -267,11 +231,6 @@ def test_empty_input(tmp_path, kind):
     with pytest.raises(InputDataError, match=r"empty|no rows"):
         bin_points(str(path), tmp_path / "o.zarr", bins=4)
     _assert_nothing_written(tmp_path, tmp_path / "o.zarr")
-
-
-def test_missing_input_file(tmp_path):
-    with pytest.raises(InputDataError, match="does not exist"):
-        bin_points(str(tmp_path / "nope.parquet"), bins=4)
 
 
 def test_existing_and_foreign_stores(points, tmp_path):

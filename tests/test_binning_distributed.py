@@ -2,26 +2,17 @@
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from gridflow import GridSpec, bin_points
+from tests.conftest import local_cluster
 
 
 @pytest.fixture(scope="module")
 def small_workers():
     # Two worker processes of 1 GiB each (a third of it is the imports): less than
     # the 1.34 GB grid below.
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit="1GiB",
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(memory_limit="1GiB") as cluster, Client(cluster) as client:
         yield client
 
 

@@ -7,9 +7,9 @@ import xarray as xr
 
 from gridflow import bin_points, open_grid
 from gridflow.classify import classify
+from gridflow.engine.vote import run_numpy
 from gridflow.errors import ParameterError
 from gridflow.kernels import parse_kernel
-from gridflow.stencil import run_numpy
 
 # gridflow.classify is also the name of the function gridflow exports.
 classify_mod = sys.modules["gridflow.classify"]

@@ -121,11 +121,18 @@ def test_classify_and_predict_round_trip(tmp_path):
     assert {"probability_0", "probability_1", "probability_2"} <= set(frame.columns)
 
 
-def test_classify_errors_exit_2(tmp_path):
+@pytest.fixture
+def tiny(tmp_path):
+    """500 points and their 8x8 store."""
     points = tmp_path / "pts.parquet"
     store = tmp_path / "grid.zarr"
     run("synth", points, "--points", 500)
     run("bin", points, store, "--bins", 8)
+    return points, store
+
+
+def test_classify_errors_exit_2(tmp_path, tiny):
+    points, store = tiny
     r = CliRunner().invoke(main, ["classify", str(store), "--window", "10"])
     assert r.exit_code == 2 and "larger than the grid" in r.output
     r = CliRunner().invoke(main, ["classify", str(store), "--iterations", "lots"])
@@ -214,11 +221,8 @@ def test_cluster_command(tmp_path):
         (["--window", "10"], "larger than the grid"),
     ],
 )
-def test_cluster_errors_exit_2(tmp_path, args, message):
-    points = tmp_path / "pts.parquet"
-    store = tmp_path / "grid.zarr"
-    run("synth", points, "--points", 500)
-    run("bin", points, store, "--bins", 8)
+def test_cluster_errors_exit_2(tiny, args, message):
+    _, store = tiny
     r = CliRunner().invoke(main, ["cluster", str(store), "--window", "1", *args])
     assert r.exit_code == 2
     assert r.output.startswith("error: ") and message in r.output

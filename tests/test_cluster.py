@@ -7,7 +7,7 @@ import xarray as xr
 
 from gridflow import bin_points, open_grid, predict
 from gridflow.cluster import Hierarchy, choose_level, cluster, hierarchy
-from gridflow.components import level_set_tree
+from gridflow.engine.components import level_set_tree
 from gridflow.errors import ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.store import counts_dataset
@@ -44,8 +44,8 @@ def test_cluster_levels_on_the_reference_input():
 
 
 def test_the_occupancy_density_is_the_classify_density_bit_for_bit(rng):
+    from gridflow.engine.vote import run_numpy
     from gridflow.kernels import parse_kernel
-    from gridflow.stencil import run_numpy
 
     counts = _blob_grid(rng)["counts"].values  # two classes
     labels = np.where(counts.sum(0) > 0, counts.argmax(0), -1)

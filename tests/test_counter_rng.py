@@ -30,22 +30,6 @@ def _splitmix_reference(seed: int, stream: int, index: int) -> int:
     return mix(key + index * 0x9E3779B97F4A7C15)
 
 
-@pytest.fixture(
-    params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)],
-)
-def xp(request):
-    """The array module under test; CuPy only where a CUDA device exists."""
-    if request.param == "numpy":
-        return np
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
 def _host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 

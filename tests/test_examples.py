@@ -34,3 +34,17 @@ def test_color_quantization_small(tmp_path, capsys):
     assert sse > 0 and km_sse > 0
     printed = capsys.readouterr().out
     assert "gridflow.cluster" in printed and "sklearn KMeans" in printed
+
+
+def test_window_filter(capsys):
+    example = _load("window_filter")
+    result = example.main([])
+    contrast, counts = result["contrast"], result["counts"].astype(np.int64)
+    d = counts[0] ** 2 - counts[1] ** 2
+    # the corner's window (radius 2, open boundary) covers the grid's first 3 x 3 cells
+    assert contrast[0, 0] == d[:3, :3].sum() and contrast[-1, -1] == d[-3:, -3:].sum()
+    assert (contrast > 0).any() and (contrast < 0).any()
+    assert result["outputs"] == ["contrast", "total", "zeros"]
+    assert result["total"].sum() > counts.sum()  # every point counted in several windows
+    printed = capsys.readouterr().out
+    assert "corner values:" in printed and "+" in printed and "-" in printed

@@ -125,7 +125,7 @@ def test_sigkilled_run_resumes_bit_identical_without_recomputing_rounds(tmp_path
     assert steps == list(range(1, 13))  # every step computed exactly once
 
 
-# --- one writer per store, whole stages, full and read-only disks (DESIGN §4.2) -----------
+# --- one writer per store, whole stages, full and read-only disks (docs/design.md §4.2) -----------
 
 import contextlib  # noqa: E402
 import shutil  # noqa: E402
@@ -207,12 +207,20 @@ def _start(store, args):
     )
 
 
-def test_two_concurrent_classify_runs_the_second_is_refused(points_file, tmp_path):
+def _classify_in_background(points_file, tmp_path, *, bins, window, iterations):
+    """A store binned from ``points_file``, the classify command's arguments, the
+    store it makes run alone (the reference), and the same run started on the store."""
     store = tmp_path / "g.zarr"
-    _gridflow("bin", points_file, store, "--bins", "192", "--chunks", "48")
-    args = ["classify", "--window", "6", "--iterations", "24"]
+    _gridflow("bin", points_file, store, "--bins", str(bins), "--chunks", "48")
+    args = ["classify", "--window", str(window), "--iterations", str(iterations)]
     lone = _lone_run(store, args, tmp_path)
-    first = _start(store, args)
+    return store, args, lone, _start(store, args)
+
+
+def test_two_concurrent_classify_runs_the_second_is_refused(points_file, tmp_path):
+    store, args, lone, first = _classify_in_background(
+        points_file, tmp_path, bins=192, window=6, iterations=24
+    )
     try:
         _wait_for(lambda: os.path.isdir(store / store_mod.LOCK) or first.poll() is not None)
         assert first.poll() is None, first.communicate()
@@ -377,11 +385,9 @@ def test_a_read_only_store_is_one_line_and_unchanged(command, points_file, tmp_p
 
 
 def test_sigterm_releases_the_lock_and_resume_finishes_the_run(points_file, tmp_path):
-    store = tmp_path / "g.zarr"
-    _gridflow("bin", points_file, store, "--bins", "96", "--chunks", "48")
-    args = ["classify", "--window", "2", "--iterations", "30"]
-    lone = _lone_run(store, args, tmp_path)
-    job = _start(store, args)
+    store, args, lone, job = _classify_in_background(
+        points_file, tmp_path, bins=96, window=2, iterations=30
+    )
     try:
         _wait_for(lambda: (_marker(store) or {}).get("step", 0) >= 2 or job.poll() is not None)
         job.send_signal(signal.SIGTERM)  # as SLURM does before preempting a job

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from gridflow import _fractalkernel, open_grid
+from gridflow import open_grid
+from gridflow._kernels import fractal as _fractalkernel
+from gridflow.checkpoint import RoundCheckpoint
 from gridflow.counter_rng import integers
+from gridflow.engine.neighbour import run_reference
 from gridflow.errors import ParameterError, StoreError
-from gridflow.fractal import fractal, fusion_factor, run_chunks, run_reference
+from gridflow.fractal import fractal
 from gridflow.grid import GridSpec
 from gridflow.store import counts_dataset, write_new_store
 
@@ -145,17 +148,6 @@ def test_any_chunking_and_fusion_gives_identical_bits(rng, chunks, fuse):
     assert out["fractal"].data.chunks == _grid(start, chunks=chunks)["counts"].data.chunks[1:]
 
 
-def test_fusion_never_exceeds_the_smallest_chunk():
-    assert fusion_factor(((5, 5, 3), (8, 8)), 100) <= 3
-    assert fusion_factor(((40,), (30,)), 250) == 250  # one chunk: no halo
-    assert fusion_factor(((40,), (30,)), 7) == 7
-    # A small last chunk is merged so that it does not cap every round.
-    chunks = run_chunks(((256, 256, 256, 32), (256, 256, 256, 32)), 250)
-    assert all(sum(c) == 800 for c in chunks)
-    assert min(min(c) for c in chunks) > 32
-    assert fusion_factor(chunks, 250) <= min(min(c) for c in chunks)
-
-
 def test_worker_count_does_not_change_a_bit(rng):
     from distributed import Client, LocalCluster
 
@@ -232,16 +224,16 @@ def test_resume_gives_the_identical_result(rng, tmp_path, monkeypatch):
     ref = fractal(open_grid(store), **kwargs)
 
     saved = []
-    real_save = fractal_mod._Checkpoint.save
+    real_save = RoundCheckpoint.save
 
-    def dying_save(self, step, labels, frames):
-        result = real_save(self, step, labels, frames)
+    def dying_save(self, step, *args, **kwargs):
+        result = real_save(self, step, *args, **kwargs)
         saved.append(step)
         if len(saved) == 3:
             raise _Killed
         return result
 
-    monkeypatch.setattr(fractal_mod._Checkpoint, "save", dying_save)
+    monkeypatch.setattr(RoundCheckpoint, "save", dying_save)
     with pytest.raises(_Killed):
         fractal(store, **kwargs)
     assert saved == [3, 6, 9]
@@ -250,11 +242,11 @@ def test_resume_gives_the_identical_result(rng, tmp_path, monkeypatch):
 
     saved.clear()
     monkeypatch.setattr(
-        fractal_mod._Checkpoint,
+        RoundCheckpoint,
         "save",
-        lambda self, step, labels, frames: (
+        lambda self, step, *args, **kwargs: (
             saved.append(step),
-            real_save(self, step, labels, frames),
+            real_save(self, step, *args, **kwargs),
         )[1],
     )
     out = fractal(store, resume=True, **kwargs)

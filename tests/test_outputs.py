@@ -1,6 +1,6 @@
 """Outputs replace only what gridflow wrote, never an input; killed writes are cleaned.
 
-DESIGN.md §4.2, through real files and real ``gridflow`` processes.
+docs/design.md §4.2, through real files and real ``gridflow`` processes.
 """
 
 import json
@@ -337,7 +337,7 @@ def _child(module, write, finish="os.kill(os.getpid(), signal.SIGKILL)", **popen
 def test_a_killed_write_is_removed_by_the_next_write(what, made, tmp_path):
     target = tmp_path / ("pts" if what == "synth" else "g.zarr")
     if what == "synth":
-        module, write = "gridflow.synth", f"mod.write_points({str(target)!r}, 500, seed=3)"
+        module, write = "gridflow.synth.io", f"mod.write_points({str(target)!r}, 500, seed=3)"
         again = ["synth", target, "--points", 200, "--overwrite"]
     else:
         module = "gridflow.store"
@@ -365,7 +365,7 @@ def test_a_killed_replacement_leaves_the_old_output(tmp_path):
     target = tmp_path / "pts"
     write_points(target, 100, seed=1)
     before = _snapshot(target)
-    child = _child("gridflow.synth", f"mod.write_points({str(target)!r}, 500, overwrite=True)")
+    child = _child("gridflow.synth.io", f"mod.write_points({str(target)!r}, 500, overwrite=True)")
     assert child.wait() == -signal.SIGKILL
     assert _snapshot(target) == before and len(_leftovers(tmp_path)) == 1
     write_points(target, 300, seed=2, overwrite=True)
@@ -376,7 +376,7 @@ def test_a_live_writers_staging_is_kept(tmp_path):
     target = tmp_path / "pts"
     # A writer that has staged its output and waits (for us) before renaming it.
     child = _child(
-        "gridflow.synth",
+        "gridflow.synth.io",
         f"mod.write_points({str(target)!r}, 500, seed=3, overwrite=True)",
         finish="print('staged', flush=True); sys.stdin.readline()",
         stdin=subprocess.PIPE,

@@ -3,14 +3,14 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from gridflow import open_grid
 from gridflow.cli import main
 from gridflow.errors import ParameterError
-from gridflow.pipeline import STAGES, ConfigError, Int, grid_stage, parse_pipeline
-from tests._cli import ROOT, SMALL, small_pipeline
+from gridflow.pipeline import STAGES, ConfigError, grid_stage, parse_pipeline
+from gridflow.pipeline.schema import Int
+from tests._cli import DROP, ROOT, pipeline_config, run_in_empty_workdir, small_pipeline
 
 
 def run(*args):
@@ -18,20 +18,7 @@ def run(*args):
 
 
 def _config(**changes):
-    config = yaml.safe_load(SMALL.format(bins=32, chunks=16, iterations=3, fuse=2))
-    for key, value in changes.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        if value is _DROP:
-            node.pop(last)
-        else:
-            node[last] = value
-    return config
-
-
-_DROP = object()
+    return pipeline_config(bins=32, chunks=16, iterations=3, fuse=2, **changes)
 
 
 def test_pipeline_runs_every_stage_and_records_its_config(tmp_path):
@@ -97,10 +84,10 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path):
         ({"stages.classify.iterations": 0}, "stages.classify.iterations: expected"),
         ({"stages.classify.clamp": "yes"}, "stages.classify.clamp: expected true or false"),
         ({"grid.bins": [32, "x"]}, "grid.bins: expected"),
-        ({"grid.bins": _DROP}, "grid.bins: missing"),
-        ({"outputs.store": _DROP}, "outputs.store: missing; it is required"),
-        ({"outputs.predictions": _DROP}, "outputs.predictions: missing; stage predict writes it"),
-        ({"stages.synth": _DROP}, "inputs.train: "),
+        ({"grid.bins": DROP}, "grid.bins: missing"),
+        ({"outputs.store": DROP}, "outputs.store: missing; it is required"),
+        ({"outputs.predictions": DROP}, "outputs.predictions: missing; stage predict writes it"),
+        ({"stages.synth": DROP}, "inputs.train: "),
         ({"stages.bin.input": "training"}, "stages.bin.input: 'training' is not one of the inputs"),
         ({"stages.synth.points": {"valid": 10}}, "stages.synth.points.valid: not an input"),
         ({"scheduler.workers": 0}, "scheduler.workers: expected an integer >= 1"),
@@ -109,15 +96,10 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path):
     ],
 )
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, changes, message):
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(_config(**changes)))
-    work = tmp_path / "work"
-    work.mkdir()
-    r = run("run", path, "--workdir", work)
+    r = run_in_empty_workdir(run, tmp_path, _config(**changes))
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and r.output.count("\n") == 1
     assert message in r.output, r.output
-    assert list(work.iterdir()) == []  # nothing generated, nothing created
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -139,12 +121,12 @@ def test_check_validates_without_running(tmp_path):
 
 
 def test_grid_stage_schemas_match_their_functions():
-    from gridflow.pipeline import _resolve
+    from gridflow.pipeline.schema import resolve
 
     grid_stages = [s for s in STAGES.values() if s.function is not None]
     assert "classify" in {s.name for s in grid_stages}
     for stage in grid_stages:
-        accepted = set(inspect.signature(_resolve(stage.function)).parameters)
+        accepted = set(inspect.signature(resolve(stage.function)).parameters)
         assert set(stage.params) <= accepted, stage.name
 
 

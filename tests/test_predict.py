@@ -14,6 +14,8 @@ import gridflow.points
 from gridflow import GridSpec, bin_points, open_grid, open_points
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.predict import predict, predict_to_parquet
+from tests._stores import point_source
+from tests.conftest import local_cluster
 
 # gridflow.predict is also the name of the function gridflow exports.
 predict_mod = sys.modules["gridflow.predict"]
@@ -111,25 +113,13 @@ def _source(kind, pts, tmp_path):
     df["note"] = np.array(["a", "b", "c"])[np.arange(len(pts)) % 3]
     if kind == "numpy":
         return pts
-    if kind == "pandas":
-        return df
-    if kind == "dask":
-        return dd.from_pandas(df, npartitions=5)
-    if kind == "parquet":
-        path = tmp_path / "q.parquet"
-        dd.from_pandas(df, npartitions=4).to_parquet(path, write_index=False)
-        return str(path)
-    if kind == "csv":
-        path = tmp_path / "q.csv"
-        df.to_csv(path, index=False)
-        return str(path)
-    if kind == "npy":
+    if kind == "npy":  # a plain (n, d) array, not the structured one of point_source
         path = tmp_path / "q.npy"
         np.save(path, pts)
         return str(path)
     if kind == "mapping":
         return {"x": pts[:, 0], "y": pts[:, 1]}
-    raise AssertionError(kind)
+    return point_source(kind, df, tmp_path, stem="q", partitions=4, dask_partitions=5)
 
 
 SOURCES = ["numpy", "pandas", "dask", "parquet", "csv", "npy", "mapping"]
@@ -467,20 +457,11 @@ def test_predict_to_parquet_writes_nothing_on_error(grid2d, tmp_path, monkeypatc
 def test_predict_to_parquet_from_column_stores(kind, grid2d, tmp_path):
     pts = _queries(SPECS["2d"], n=300)
     cols = {"id": np.arange(len(pts)), "x": pts[:, 0], "y": pts[:, 1]}
-    if kind == "zarr":
-        source = tmp_path / "q.zarr"
-        xr.Dataset({k: ("row", v) for k, v in cols.items()}).chunk({"row": 70}).to_zarr(
-            source, zarr_format=3, consolidated=False
-        )
-    elif kind == "npz":
-        source = tmp_path / "q.npz"
-        np.savez(source, **cols)
-    elif kind == "npy-structured":
-        source = tmp_path / "q.npy"
-        np.save(source, pd.DataFrame(cols).to_records(index=False))
-    else:
+    if kind == "mapping":
         source = cols
-    source = source if kind == "mapping" else str(source)
+    else:
+        kind = kind.removesuffix("-structured")
+        source = point_source(kind, pd.DataFrame(cols), tmp_path, stem="q", zarr_chunk=70)
     predict_to_parquet(grid2d, source, tmp_path / "out.parquet")
     got = pd.read_parquet(tmp_path / "out.parquet")
     assert list(got.columns[:3]) == ["id", "x", "y"]
@@ -512,20 +493,11 @@ def test_predict_to_parquet_when_the_projection_changes_the_partitions(
 
 
 def test_predict_on_a_distributed_cluster(grid2d, tmp_path):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     pts = _queries(SPECS["2d"], n=2000)
     source = _source("parquet", pts, tmp_path)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster),
-    ):
+    with local_cluster() as cluster, Client(cluster):
         result = predict(grid2d, source, probabilities=True)
         report = predict_to_parquet(grid2d, source, tmp_path / "out.parquet")
     _check(result, open_grid(grid2d), pts)

@@ -71,7 +71,7 @@ def test_not_a_zarr_store(tmp_path):
         open_grid(tmp_path / "x.zarr")
 
 
-# --- data safety (DESIGN §4.2): the writer's lock, whole stages, self-checked metadata ------
+# --- data safety (docs/design.md §4.2): the writer's lock, whole stages, self-checked metadata ------
 
 
 import os  # noqa: E402

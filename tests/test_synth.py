@@ -417,7 +417,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     old = tmp_path / "old"
     write_points(old, 50, seed=1)
     before = pd.read_parquet(old)
-    monkeypatch.setattr(synth, "_partition", broken)
+    monkeypatch.setattr(synth.process, "_partition", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_points(tmp_path / "new", 50)
     with pytest.raises(RuntimeError, match="disk on fire"):

@@ -6,11 +6,11 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from gridflow.equalize import density_keys, equalize
+from gridflow.engine.equalize import density_keys, equalize
 from gridflow.errors import InputDataError
 from tests.conftest import reference
 
-equalize_mod = sys.modules["gridflow.equalize"]
+equalize_mod = sys.modules["gridflow.engine.equalize"]
 
 GRAY = np.array([0, 30, 55, 90, 120, 140, 170, 254])
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridflow import _codegen
+from gridflow._kernels import codegen as _codegen
 
 # Positions in the stats array: rows binned, non-finite, out of range, bad
 # label, then one count per class.
@@ -123,7 +123,7 @@ def kernel(ndim: int, mode: str) -> Any:
     """The compiled kernel for ``ndim`` dims; ``mode`` is "dense" or "keys".
 
     Generated once per process (and cached on disk, see
-    :mod:`gridflow._codegen`).
+    :mod:`gridflow._kernels.codegen`).
     """
     body = f"BATCH = {BATCH}\n{_source(ndim, mode)}\nkernel = numba.njit(nogil=True, cache=CACHE)(kernel)\n"
-    return _codegen.load(body, f"bin_{ndim}d_{mode}", "gridflow._binkernel").kernel
+    return _codegen.load(body, f"bin_{ndim}d_{mode}", "gridflow._kernels.binning").kernel

@@ -7,7 +7,7 @@ import scipy.ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from gridflow.components import level_set_tree
+from gridflow.engine.components import level_set_tree
 
 
 def _same_partition(a, b):

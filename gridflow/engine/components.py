@@ -2,7 +2,7 @@
 
 For a level array (levels ``0 .. L-1`` per cell) the sets
 ``{level >= l}``, ``l = 1 .. L-1``, are nested, so their connected
-components form a tree (the level-set hierarchy of DESIGN §3.2). This module
+components form a tree (the level-set hierarchy of docs/design.md §3.2). This module
 finds the components of every level at once, across chunk borders and,
 on periodic grids, across the seam where the grid wraps around:
 
@@ -362,7 +362,7 @@ def _merge_level(
     if len(contact_cell) and (
         pos.max() >= len(shell_cell) or not np.array_equal(shell_cell[pos], contact_cell)
     ):
-        raise RuntimeError("gridflow.components: a contacted cell is on no block's face")
+        raise RuntimeError("gridflow.engine.components: a contacted cell is on no block's face")
     ia = np.searchsorted(rep_s, contact_rep)
     ib = np.searchsorted(rep_s, shell_rep[pos])
     graph = coo_matrix((np.ones(len(ia), np.int8), (ia, ib)), shape=(n, n)).tocsr()

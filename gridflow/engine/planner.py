@@ -34,6 +34,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gridflow.errors import GridTooLargeError, MemoryPlanWarning
 
@@ -142,8 +143,9 @@ def plan_filter(
     *,
     iterations: int,
     chunks: Sequence[int] | None = None,
-    memory: float | None = None,
-    threads: int | None = None,
+    memory: float,
+    threads: int,
+    total_threads: int | None = None,
     keep_chunks: bool = False,
     warn: bool = True,
     **task: bool | int,
@@ -155,8 +157,9 @@ def plan_filter(
     ``chunks=None``, it picks the largest cubic chunk side that fits (at
     most :data:`MAX_CHUNK_CELLS` cells, and small enough that every thread
     of the cluster gets a chunk). ``memory`` and ``threads`` are one
-    worker's limit and threads, by default those of the active Dask
-    cluster. ``keep_chunks=True`` never changes given chunks (only the
+    worker's limit and threads, ``total_threads`` the cluster's (default
+    ``threads``): the stage asks the runtime for them
+    (:func:`gridflow.runtime.worker_resources`). ``keep_chunks=True`` never changes given chunks (only the
     fusion). Other keywords go to :func:`filter_task_bytes`.
 
     Warns with :class:`~gridflow.errors.MemoryPlanWarning` when even one
@@ -171,12 +174,6 @@ def plan_filter(
     >>> plan.fuse
     3
     """
-    from gridflow.runtime import active_client, worker_memory
-
-    if memory is None or threads is None:
-        m, t = worker_memory()
-        memory = m if memory is None else memory
-        threads = t if threads is None else threads
     budget = BUDGET_FRACTION * memory / threads
     shape = tuple(int(s) for s in shape)
     radius = tuple(int(r) for r in radius)
@@ -192,8 +189,7 @@ def plan_filter(
         if keep_chunks:
             return _too_big(MemoryPlan(chunk, 1, fits(chunk, 1), threads, memory, False), warn)
     # Parallelism: at least one chunk per thread of the cluster.
-    c = active_client()
-    total_threads = sum(c.nthreads().values()) if c is not None else threads
+    total_threads = threads if total_threads is None else total_threads
     ndim = len(shape)
     side = min(max(shape), int(MAX_CHUNK_CELLS ** (1 / ndim)))
     cells = math.prod(shape)
@@ -269,20 +265,18 @@ def _workers(mem) -> str:
 
 
 def check_dense_grid(
-    shape: Sequence[int], nclasses: int, *, memory=None, classes_known: bool = True
+    shape: Sequence[int], nclasses: int, *, memory: Any, classes_known: bool = True
 ) -> int:
     """Refuse a dense grid whose counts would not fit the workers' memory together.
 
     Returns the counts' bytes. ``memory`` is a
-    :class:`~gridflow.runtime.ClusterMemory` (default: the active cluster's).
-    A grid larger than one worker still bins (chunk by chunk), but one
+    :class:`~gridflow.runtime.ClusterMemory` (the stage asks the runtime's
+    :func:`~gridflow.runtime.cluster_memory`). A grid larger than one worker still bins (chunk by chunk), but one
     larger than all of them cannot be classified in memory either.
     ``classes_known=False``: ``nclasses`` is a lower bound (before the data
     pass that finds the classes).
     """
-    from gridflow.runtime import cluster_memory
-
-    mem = cluster_memory() if memory is None else memory
+    mem = memory
     grid_bytes = COUNT_BYTES * max(int(nclasses), 1) * math.prod(int(b) for b in shape)
     if grid_bytes > mem.total:
         classes = f" x {nclasses} classes" if nclasses > 1 else ""
@@ -303,7 +297,7 @@ def plan_binning(
     chunks: Sequence[int],
     *,
     strategy: str = "auto",
-    memory=None,
+    memory: Any,
 ) -> BinPlan:
     """The binning strategy for a grid of ``shape`` x ``nclasses``, refused when it cannot fit.
 
@@ -319,9 +313,7 @@ def plan_binning(
     >>> plan_binning((400, 400), 5, (400, 400), memory=ClusterMemory(2**33, 1, 2**33, 4)).strategy
     'tree'
     """
-    from gridflow.runtime import cluster_memory
-
-    mem = cluster_memory() if memory is None else memory
+    mem = memory
     grid_bytes = check_dense_grid(shape, nclasses, memory=mem)
     threads = max(int(mem.threads), 1)
     # Every thread holds its chain's grid, and a tree step up to split_every + 1

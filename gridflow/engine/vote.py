@@ -1,204 +1,66 @@
-"""The filter engine: vote steps on blocks, fused into ``map_overlap`` rounds.
+"""One vote step, and fused steps on one haloed block (docs/design.md §3.1).
 
-One vote step turns labels into per-class votes and new labels (DESIGN §3.1):
+One vote step turns labels into per-class votes and new labels:
 
     V[k] = kernel ⊛ onehot(L)[k]     (correlation over the window, centre included)
     L'   = argmax_k V[k] where Σ_k V[k] > 0, else -1   (ties: lowest class)
 
 The votes are exact: weights are dyadic (see :mod:`gridflow.kernels`), so the
-method that computes the correlation (direct sums, separable passes, running
-sums for box windows, FFT rounded back to the weights' quantum) never changes
-a single bit, and neither do the chunking or the number of steps fused into
-one round. Within a round, a step after the first updates the previous
-votes in place when few cells changed label (moving each change's weights
-from its old class to its new one: exact, so again the same bits), which
-is much cheaper than a new correlation once the labels settle. A round of ``f`` fused steps needs a halo of ``f * w`` cells; cells
-outside an ``"open"`` grid carry the sentinel :data:`OUTSIDE` and never vote.
+correlation method (:mod:`gridflow.engine.correlate`) never changes a single
+bit, and neither do the chunking or the number of steps fused into one
+round (:mod:`gridflow.engine.rounds`). Within a round, a step after the
+first updates the previous votes in place when few cells changed label
+(moving each change's weights from its old class to its new one: exact, so
+again the same bits), which is much cheaper than a new correlation once the
+labels settle. A round of ``f`` fused steps needs a halo of ``f * w``
+cells; cells outside an ``"open"`` grid carry the sentinel :data:`OUTSIDE`
+and never vote.
 
-This module works on NumPy arrays and dask arrays; it knows nothing of
-xarray or Zarr.
+The one-hot planes, the decision and the in-place update run the chunk
+backend's compiled kernels (``backend.kernel("vote")``, NumPy:
+:mod:`gridflow._kernels.vote`); a backend without them runs the array code
+here, which gives the same bits.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-import scipy.fft
-import scipy.ndimage as ndi
 from dask.array.overlap import ensure_minimum_chunksize
 
+from gridflow._types import Boundary, CorrelationMethod
+from gridflow.backend import meta_like, ops
+from gridflow.engine.correlate import correlate, method_cost
+from gridflow.engine.rounds import StepCost, fusion_factor, run_rounds
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel
 
 __all__ = [
     "OUTSIDE",
     "UNLABELED",
-    "choose_method",
-    "correlate",
+    "FinalRound",
+    "RoundState",
+    "check_window",
+    "decide",
     "fused_steps",
     "history_entries",
+    "pad",
+    "persist_round",
+    "run_dask",
     "run_numpy",
+    "step_cost",
     "vote",
 ]
-
-Method = Literal["auto", "direct", "separable", "box", "fft"]
-Boundary = Literal["periodic", "open"]
 
 UNLABELED = -1
 #: Label of cells beyond an open boundary: they do not exist and never vote.
 OUTSIDE = -2
-
-_EPS = np.finfo(np.float64).eps
-
-
-# --- correlation methods ------------------------------------------------------
-
-
-# Each method correlates every plane with the kernel. ``wrap=False``: zero
-# outside the block (callers read only cells whose window lies inside it);
-# ``wrap=True``: the block is a whole periodic grid and wraps around.
-
-
-def _direct(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
-    out = np.empty_like(planes)
-    mode = "wrap" if wrap else "constant"
-    for k in range(planes.shape[0]):
-        ndi.correlate(planes[k], kernel.weights, output=out[k], mode=mode, cval=0.0)
-    return out
-
-
-def _separable(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
-    out = planes
-    mode = "wrap" if wrap else "constant"
-    for axis, f in enumerate(kernel.factors):
-        out = ndi.correlate1d(out, f, axis=axis + 1, mode=mode, cval=0.0)
-    return out
-
-
-def _box(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
-    # Running sums of 0/1 (or integer) values are exact in float64.
-    out = planes
-    for axis, w in enumerate(kernel.radius):
-        ax = axis + 1
-        pad = [(0, 0)] * out.ndim
-        pad[ax] = (w + 1, w)
-        c = np.cumsum(np.pad(out, pad, mode="wrap" if wrap else "constant"), axis=ax)
-        n = out.shape[ax]
-        hi = np.take(c, np.arange(2 * w + 1, 2 * w + 1 + n), axis=ax)
-        lo = np.take(c, np.arange(0, n), axis=ax)
-        out = hi - lo
-    return out
-
-
-def _fft(planes: np.ndarray, kernel: Kernel, wrap: bool) -> np.ndarray:
-    shape = planes.shape[1:]
-    # A whole periodic grid is exactly the circular correlation. Otherwise
-    # zero-padding to a fast size changes nothing: the correlation is only
-    # read at cells whose window lies inside the block.
-    fast = shape if wrap else tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
-    spectrum = _kernel_spectrum(kernel, fast)
-    inside = tuple(slice(0, n) for n in shape)
-    out = np.empty(planes.shape)
-    # Small blocks: every plane in one call (threads get enough work); large
-    # ones a plane at a time (the spectra of all planes at once cost memory
-    # and no time).
-    batch = planes.shape[0] if planes[0].size <= _FFT_BATCH_CELLS else 1
-    axes = tuple(range(1, planes.ndim))
-    for k in range(0, planes.shape[0], batch):
-        a = _rfftn(planes[k : k + batch], fast, axes)
-        a *= spectrum
-        part = _irfftn(a, fast, axes)[(slice(None), *inside)]
-        # Exact votes are multiples of the quantum (a power of two, so
-        # scaling by it is exact); the FFT error is far below half a quantum.
-        part *= 1.0 / kernel.quantum
-        np.rint(part, out=part)
-        np.multiply(part, kernel.quantum, out=out[k : k + batch])
-    return out
-
-
-# scipy.fft.rfftn/irfftn one axis at a time: the same transforms, and the
-# inverse runs about 1.6x faster than irfftn's (which copies the spectrum
-# before its complex passes; here they overwrite it).
-
-
-def _rfftn(x: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray:
-    a = scipy.fft.rfft(x, n=shape[-1], axis=axes[-1], workers=-1)
-    for n, ax in zip(shape[:-1], axes[:-1], strict=True):
-        a = scipy.fft.fft(a, n=n, axis=ax, workers=-1, overwrite_x=True)
-    return a
-
-
-def _irfftn(a: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray:
-    for ax in axes[:-1]:
-        a = scipy.fft.ifft(a, axis=ax, workers=-1, overwrite_x=True)
-    return scipy.fft.irfft(a, n=shape[-1], axis=axes[-1], workers=-1, overwrite_x=True)
-
-
-#: Blocks of at most this many cells per plane are transformed all planes at once.
-_FFT_BATCH_CELLS = 2**18
-
-
-@functools.lru_cache(maxsize=32)
-def _kernel_spectrum(kernel: Kernel, shape: tuple[int, ...]) -> np.ndarray:
-    """Conjugate spectrum of the kernel embedded for circular correlation."""
-    emb = np.zeros(shape)
-    # Weight of offset u goes to index u mod shape.
-    idx = np.ix_(*[np.arange(-r, r + 1) % n for r, n in zip(kernel.radius, shape, strict=True)])
-    emb[idx] = kernel.weights
-    return np.conj(scipy.fft.rfftn(emb, workers=-1))
-
-
-_METHODS: dict[str, Callable[[np.ndarray, Kernel, bool], np.ndarray]] = {
-    "direct": _direct,
-    "separable": _separable,
-    "box": _box,
-    "fft": _fft,
-}
-
-
-def _fft_exact(kernel: Kernel, shape: tuple[int, ...], scale: float = 1.0) -> bool:
-    """Whether FFT round-off stays well under half a quantum on this block."""
-    n = math.prod(shape)
-    error = 64 * _EPS * kernel.weights.sum() * scale * max(1.0, math.log2(n))
-    return error < kernel.quantum / 4
-
-
-def choose_method(kernel: Kernel, shape: tuple[int, ...], scale: float = 1.0) -> str:
-    """The fastest exact correlation method for ``kernel`` on a block of ``shape``.
-
-    Cost per cell and plane: direct ``prod(2w+1)``, separable ``sum(2w+1)``,
-    box about ``3 * ndim``, FFT about ``6 log2(cells)`` (only when its
-    round-off cannot reach half a quantum).
-    """
-    if kernel.is_box:
-        return "box"
-    taps = float(kernel.weights.size)
-    costs = {"direct": taps}
-    if kernel.separable:
-        costs["separable"] = float(sum(kernel.weights.shape))
-    if _fft_exact(kernel, shape, scale):
-        costs["fft"] = 6.0 * math.log2(max(2, math.prod(shape)))
-    return min(costs, key=costs.get)
-
-
-def correlate(
-    planes: np.ndarray, kernel: Kernel, method: str = "auto", wrap: bool = False
-) -> np.ndarray:
-    """Correlate each plane ``planes[k]`` with the kernel (zero outside the block).
-
-    Values within the window radius of the block's edge see only the block
-    (or, for FFT, wrap around it): callers pad blocks with a halo.
-    """
-    if method == "auto":
-        method = choose_method(kernel, planes.shape[1:], float(planes.max(initial=1.0)))
-    return _METHODS[method](planes.astype(np.float64, copy=False), kernel, wrap)
 
 
 # --- one step, and fused steps ------------------------------------------------------
@@ -224,22 +86,46 @@ def vote(
     # class needs no correlation of its own.
     full = nclasses > 1 and labels.size > 0 and int(labels.min()) >= 0
     nplanes = nclasses - 1 if full else nclasses
-    votes = np.empty((nclasses, *labels.shape))
-    votes[:nplanes] = correlate(_votekernel().onehot(labels, nplanes), kernel, method, wrap)
+    votes = ops(labels).xp.empty((nclasses, *labels.shape))
+    votes[:nplanes] = correlate(_onehot(labels, nplanes), kernel, method, wrap)
     if full:
-        _votekernel().complete_last_plane(votes, kernel.weights.sum())
+        _complete_last_plane(votes, kernel.weights.sum())
     return votes
 
 
-def decide(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decide(votes: Any) -> tuple[Any, Any]:
     """New labels and total vote: argmax (lowest class on ties) where the total is > 0."""
-    return _votekernel().decide(votes)
+    compiled = ops(votes).kernel("vote")
+    if compiled is not None:
+        return compiled.decide(votes)
+    xp = ops(votes).xp
+    total = _plane_sum(votes, votes.shape[0])
+    labels = xp.where(total > 0, votes.argmax(axis=0), -1).astype(np.int32)
+    return labels, total
 
 
-def _votekernel() -> Any:
-    from gridflow import _votekernel
+def _plane_sum(votes: Any, n: int) -> Any:
+    """``votes[0] + ... + votes[n-1]``, in that order (the kernels' order)."""
+    total = votes[0].copy()
+    for k in range(1, n):
+        total += votes[k]
+    return total
 
-    return _votekernel
+
+def _onehot(labels: Any, nplanes: int) -> Any:
+    compiled = ops(labels).kernel("vote")
+    if compiled is not None:
+        return compiled.onehot(labels, nplanes)
+    xp = ops(labels).xp
+    return xp.stack([labels == k for k in range(nplanes)]).astype(np.float64)
+
+
+def _complete_last_plane(votes: Any, full: float) -> None:
+    compiled = ops(votes).kernel("vote")
+    if compiled is not None:
+        compiled.complete_last_plane(votes, full)
+    else:
+        votes[-1] = full - _plane_sum(votes, votes.shape[0] - 1)
 
 
 # Cost of moving one tap of one changed cell (from its old class plane to its
@@ -248,24 +134,13 @@ def _votekernel() -> Any:
 # 6 * 24 units per cell, 0.85 s; a sparse update costs about 5 ns per tap,
 # measured on the 4096 x 4096 window case of benchmarks/bench_classify.py).
 _SCATTER_COST = 14.0
+#: Seconds of one unit of those costs.
+_UNIT_SECONDS = 0.35e-9
 
 
 def _update_cost(nchanged: int, kernel: Kernel) -> float:
     """Cost of moving ``nchanged`` cells' weights between two class planes."""
     return _SCATTER_COST * nchanged * kernel.weights.size
-
-
-def _vote_cost(nplanes: int, shape: tuple[int, ...], kernel: Kernel, method: str) -> float:
-    if method == "auto":
-        method = choose_method(kernel, shape)
-    n = math.prod(shape)
-    per_cell = {
-        "direct": float(kernel.weights.size),
-        "separable": float(sum(kernel.weights.shape)),
-        "box": 3.0 * len(shape),
-        "fft": 6.0 * math.log2(max(2, n)),
-    }[method]
-    return nplanes * n * per_cell
 
 
 def fused_steps(
@@ -298,6 +173,8 @@ def fused_steps(
     (the last two hold per-step counts in their first ``steps`` cells) plus,
     with ``final_votes``, the ``nclasses`` vote planes of the last step.
     """
+    xp = ops(labels).xp
+    compiled = ops(labels).kernel("vote")
     radius = kernel.radius
     depth = tuple(steps * r for r in radius) if depth is None else depth
     exists = labels != OUTSIDE
@@ -307,8 +184,8 @@ def fused_steps(
     interior = tuple(slice(d, s - d) for d, s in zip(depth, labels.shape, strict=True))
     # Per step: cells of this block that changed label, and that are labeled,
     # kept in the first cells of two planes (a block has at least `steps` cells).
-    changed = np.zeros(cur[interior].size)
-    labeled = np.zeros(cur[interior].size)
+    changed = xp.zeros(cur[interior].size)
+    labeled = xp.zeros(cur[interior].size)
     # Labels whose one-hot planes gave `votes` (None after counts planes):
     # later steps update those votes in place where few cells changed.
     basis = None
@@ -316,15 +193,16 @@ def fused_steps(
         if seed is not None and s == 0:
             votes = vote(cur, nclasses, kernel, method, seed, wrap)
         else:
-            moved = None if basis is None else np.flatnonzero(cur != basis)
+            moved = None if basis is None else xp.flatnonzero(cur != basis)
             if (
                 moved is not None
+                and compiled is not None
                 and method == "auto"
                 and _update_cost(moved.size, kernel)
-                < _vote_cost(nclasses, cur.shape, kernel, method)
+                < nclasses * method_cost(kernel, cur.shape, method)
             ):
                 flat = basis.reshape(-1)
-                _votekernel().scatter_changes(
+                compiled.scatter_changes(
                     votes, kernel.weights, moved, flat[moved], cur.reshape(-1)[moved], wrap
                 )
             else:
@@ -332,10 +210,10 @@ def fused_steps(
             basis = cur
         new, total = decide(votes)
         if clamp is not None:
-            new = np.where(clamp >= 0, clamp, new)
+            new = xp.where(clamp >= 0, clamp, new)
         new[~exists] = OUTSIDE
-        changed[s] = np.count_nonzero(new[interior] != cur[interior])
-        labeled[s] = np.count_nonzero(new[interior] >= 0)
+        changed[s] = xp.count_nonzero(new[interior] != cur[interior])
+        labeled[s] = xp.count_nonzero(new[interior] >= 0)
         cur = new
         step_density = total[interior] / 10.0 ** (first_step + s - 1)
         dens = step_density if dens is None else dens + step_density
@@ -348,17 +226,19 @@ def fused_steps(
     ]
     if final_votes:
         out.append(votes[(slice(None), *interior)])
-    return np.concatenate(out, axis=0)
+    return xp.concatenate(out, axis=0)
 
 
-# --- whole-grid drivers -------------------------------------------------------------
+# --- the in-memory reference --------------------------------------------------------
 
 
-def _pad(a: np.ndarray, depth: tuple[int, ...], boundary: str) -> np.ndarray:
-    pad = [(d, d) for d in depth]
+def pad(a: Any, depth: int | tuple[int, ...], boundary: str) -> Any:
+    """``a`` grown by ``depth`` cells a side: wrapped, or :data:`OUTSIDE` beyond an open edge."""
+    xp = ops(a).xp
+    width = depth if isinstance(depth, int) else [(d, d) for d in depth]
     if boundary == "periodic":
-        return np.pad(a, pad, mode="wrap")
-    return np.pad(a, pad, mode="constant", constant_values=OUTSIDE)
+        return xp.pad(a, width, mode="wrap")
+    return xp.pad(a, width, mode="constant", constant_values=OUTSIDE)
 
 
 def run_numpy(
@@ -368,7 +248,7 @@ def run_numpy(
     kernel: Kernel,
     iterations: int,
     boundary: Boundary = "periodic",
-    method: str = "auto",
+    method: CorrelationMethod = "auto",
     clamp: bool = False,
     seed_counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -376,7 +256,7 @@ def run_numpy(
 
     Returns ``(labels, density, votes of the last step)``.
     """
-    _check_window(kernel, labels.shape, boundary)
+    check_window(kernel, labels.shape)
     depth = kernel.radius
     cur = labels.astype(np.int32)
     fixed = cur.copy() if clamp else None
@@ -385,17 +265,17 @@ def run_numpy(
     for t in range(1, iterations + 1):
         seed = None
         if seed_counts is not None and t == 1:
-            pad = [(0, 0)] + [(d, d) for d in depth]
-            seed = np.pad(seed_counts, pad, mode="wrap" if boundary == "periodic" else "constant")
+            width = [(0, 0)] + [(d, d) for d in depth]
+            seed = np.pad(seed_counts, width, mode="wrap" if boundary == "periodic" else "constant")
         out = fused_steps(
-            _pad(cur, depth, boundary),
+            pad(cur, depth, boundary),
             density,
             nclasses=nclasses,
             kernel=kernel,
             steps=1,
             first_step=t,
             method=method,
-            clamp=None if fixed is None else _pad(fixed, depth, boundary),
+            clamp=None if fixed is None else pad(fixed, depth, boundary),
             seed=seed,
             final_votes=True,
         )
@@ -405,7 +285,8 @@ def run_numpy(
     return cur, density, votes
 
 
-def _check_window(kernel: Kernel, shape: tuple[int, ...], boundary: str) -> None:
+def check_window(kernel: Kernel, shape: tuple[int, ...]) -> None:
+    """Refuse a window wider than the grid."""
     for r, n in zip(kernel.radius, shape, strict=True):
         if 2 * r + 1 > n:
             raise ParameterError(
@@ -414,10 +295,7 @@ def _check_window(kernel: Kernel, shape: tuple[int, ...], boundary: str) -> None
             )
 
 
-def fusion_factor(kernel: Kernel, chunks: tuple[tuple[int, ...], ...], remaining: int) -> int:
-    """Steps per round: as many as the smallest chunk can hold in its halo."""
-    f = min(min(c) // r for c, r in zip(chunks, kernel.radius, strict=True))
-    return max(1, min(f, remaining))
+# --- the filter on dask arrays ------------------------------------------------------
 
 
 @dataclass
@@ -445,7 +323,7 @@ class FinalRound:
     first_step: int = 1
 
 
-def _persist(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
+def persist_round(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
     labels, density, stats = dask.persist(state.labels, state.density, stats)
     return RoundState(state.step, labels, density), np.asarray(dask.compute(stats)[0])
 
@@ -457,7 +335,7 @@ def run_dask(
     kernel: Kernel,
     iterations: int | None,
     boundary: Boundary = "periodic",
-    method: str = "auto",
+    method: CorrelationMethod = "auto",
     clamp: bool = False,
     fuse: int | None = None,
     tol: float = 0.0,
@@ -467,28 +345,28 @@ def run_dask(
     history: list[dict[str, float]] | None = None,
     seed_counts: da.Array | None = None,
 ) -> FinalRound:
-    """Distributed driver: rounds of fused steps with ``map_overlap`` halos.
+    """The vote filter on a dask array: rounds of fused steps with ``map_overlap`` halos.
 
     ``iterations=None`` runs until a step labels no new cell and changes at
     most ``tol`` of the cells (at most ``max_iter`` steps); the result is the
     same as stepping one at a time. ``fuse`` caps the steps per round
-    (default: as many as the chunks allow). Every round but the last is
-    computed by ``materialise(state, stats)`` (default: persist), which
-    returns the state to continue from and the per-step ``(changed,
-    labeled)`` counts; ``start`` resumes from such a state. ``history``
-    receives one dict per computed step (fractions changed and labeled).
-    ``seed_counts`` (nclasses, *dims) replaces the one-hot labels in the
-    first step (DESIGN's ``seed="counts"``).
-    The last round is returned lazily, with the votes of its last step.
+    (default: :func:`gridflow.engine.rounds.fusion_factor`). Every round but
+    the last is computed by ``materialise(state, stats)`` (default:
+    persist), which returns the state to continue from and the per-step
+    ``(changed, labeled)`` counts; ``start`` resumes from such a state.
+    ``history`` receives one dict per computed step (fractions changed and
+    labeled). ``seed_counts`` (nclasses, *dims) replaces the one-hot labels
+    in the first step (``seed="counts"``, docs/design.md §3.1). The last round is
+    returned lazily, with the votes of its last step.
     """
-    _check_window(kernel, labels.shape, boundary)
+    check_window(kernel, labels.shape)
     # Every chunk must hold at least one step's halo: merge smaller ones.
     chunks = tuple(
         ensure_minimum_chunksize(max(r, 1), c)
         for r, c in zip(kernel.radius, labels.chunks, strict=True)
     )
     labels = labels.rechunk(chunks).astype(np.int32)
-    materialise = materialise or _persist
+    materialise = materialise or persist_round
     history = [] if history is None else history
     fixed = labels if clamp else None
     state = start or RoundState(0, labels, None)
@@ -501,37 +379,62 @@ def run_dask(
     if state.step >= limit:
         raise ParameterError(f"resume: the checkpoint is already at step {state.step} of {limit}")
     ncells = math.prod(labels.shape)
-    prev_labeled = history[-1]["labeled"] * ncells if history else None
     if seed_counts is not None:
         seed_counts = seed_counts.rechunk(((seed_counts.shape[0],), *chunks))
     args = (fixed, nclasses, kernel, method, boundary, seed_counts)
-    while True:
-        steps = (
-            limit - state.step
-            if _whole_periodic(chunks, boundary)
-            else fusion_factor(kernel, chunks, limit - state.step)
-        )
-        if fuse is not None:
-            steps = min(steps, fuse)
-        if iterations is not None and state.step + steps == limit:
-            out = _round(state, *args, steps, final_votes=True)
-            return _final(state, out, steps, _block_stats(out, steps))
+    whole = _whole_periodic(chunks, boundary)
+    cost = step_cost(kernel, nclasses, tuple(min(c) for c in chunks), method)
+    labeled_before = [history[-1]["labeled"] * ncells if history else None]
+
+    def plan(done: int, remaining: int) -> int:
+        steps = fusion_factor(chunks, kernel.radius, remaining, cost, whole=whole)
+        return steps if fuse is None else min(steps, fuse)
+
+    def advance(state: RoundState, steps: int) -> tuple[RoundState, np.ndarray]:
         out = _round(state, *args, steps)
-        new, counts = materialise(
+        return materialise(
             RoundState(state.step + steps, out[0].astype(np.int32), out[1]),
             _block_stats(out, steps),
         )
+
+    def settled(state: RoundState, counts: np.ndarray, steps: int) -> int | None:
         for s, entry in enumerate(history_entries(state.step + 1, counts, ncells)):
             changed, labeled = float(counts[0][s]), float(counts[1][s])
             history.append(entry)
-            newly = labeled > 0 if prev_labeled is None else labeled != prev_labeled
-            prev_labeled = labeled
+            before, labeled_before[0] = labeled_before[0], labeled
+            newly = labeled > 0 if before is None else labeled != before
             last = state.step + s + 1 == limit
             if last or (iterations is None and not newly and changed <= tol * ncells):
-                # Redo this round up to the stopping step, lazily with its votes.
-                out = _round(state, *args, s + 1, final_votes=True)
-                return _final(state, out, s + 1, None)
-        state = new
+                return s + 1  # this round up to the stopping step, lazily with its votes
+        return None
+
+    state, steps = run_rounds(
+        state,
+        step=lambda st: st.step,
+        limit=limit,
+        plan=plan,
+        materialise=advance,
+        settled=settled,
+        open_ended=iterations is None,
+    )
+    out = _round(state, *args, steps, final_votes=True)
+    # A round that stopped the run was materialised, its steps recorded.
+    recorded = bool(history) and history[-1]["step"] >= state.step + steps
+    return _final(state, out, steps, None if recorded else _block_stats(out, steps))
+
+
+def step_cost(
+    kernel: Kernel, nclasses: int, block: tuple[int, ...], method: str = "auto"
+) -> StepCost:
+    """What a vote step costs per cell, for :func:`~gridflow.engine.rounds.fusion_factor`.
+
+    A round's first step correlates every class plane; later steps mostly
+    update the votes in place where labels changed, counted here as a
+    quarter of a correlation.
+    """
+    haloed = tuple(c + 2 * r for c, r in zip(block, kernel.radius, strict=True))
+    first = nclasses * method_cost(kernel, haloed, method) / math.prod(haloed) * _UNIT_SECONDS
+    return StepCost(first=first, later=first / 4)
 
 
 def history_entries(first_step: int, counts: np.ndarray, ncells: int) -> list[dict[str, float]]:
@@ -589,7 +492,7 @@ def _round(
         # counts already lend it theirs.
         **({} if seeded else {"new_axis": 0}),
         chunks=((nplanes,), *cur.chunks),
-        meta=np.empty((0,) * (cur.ndim + 1), np.float64),
+        meta=meta_like(cur, cur.ndim + 1, np.float64),
         has_clamp=fixed is not None,
         has_seed=seeded,
         has_density=state.density is not None,

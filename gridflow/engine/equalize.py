@@ -1,7 +1,7 @@
 """Histogram equalization of a density into levels, exact on chunked arrays.
 
 A density is cut into ``L`` levels at quantiles ``q_1 < ... < q_{L-1}``
-(DESIGN §3.2). Each cell gets a rank ``r`` and the level
+(docs/design.md §3.2). Each cell gets a rank ``r`` and the level
 
     level = #{i : r / n >= q_i}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gridflow import _codegen
+from gridflow._kernels import codegen as _codegen
 from gridflow.counter_rng import _GOLDEN, _MIX1, _MIX2, stream_key
 
 __all__ = ["choices", "global_hashes", "kernel", "keys", "run"]
@@ -164,7 +164,7 @@ def _source(ndim: int) -> str:
 
 def kernel(ndim: int) -> Any:
     """The compiled module for ``ndim`` dims (functions ``kernel``, ``choices``)."""
-    return _codegen.load(_source(ndim), f"fractal_{ndim}d", "gridflow._fractalkernel")
+    return _codegen.load(_source(ndim), f"fractal_{ndim}d", "gridflow._kernels.fractal")
 
 
 def global_hashes(

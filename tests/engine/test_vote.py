@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from gridflow.engine.correlate import choose_method, correlate
+from gridflow.engine.vote import OUTSIDE, run_dask, run_numpy
 from gridflow.errors import ParameterError
 from gridflow.kernels import parse_kernel
-from gridflow.stencil import OUTSIDE, choose_method, correlate, run_dask, run_numpy
 from tests.conftest import reference
 
 
@@ -200,8 +201,8 @@ def test_seed_counts_first_step(boundary, chunks, rng):
 @pytest.mark.parametrize("wrap", [True, False])
 @pytest.mark.parametrize("kernel", ["inverse_distance", "gaussian"])
 def test_sparse_update_gives_the_bits_of_a_new_correlation(shape, wrap, kernel, rng):
-    from gridflow import _votekernel
-    from gridflow.stencil import vote
+    from gridflow._kernels import vote as _votekernel
+    from gridflow.engine.vote import vote
 
     k = parse_kernel(kernel, window=2, ndim=len(shape))
     before = _random_labels(rng, shape, 4, fill=0.6)

@@ -1,0 +1,239 @@
+"""One dispatch table for chunk kernels, keyed by the chunk type (docs/design.md §4.1).
+
+Every engine operation asks :func:`ops` for the backend of the chunks it
+was given and calls the array functions of that backend: its array
+namespace (``xp``), ndimage, FFT, a copy to host memory and an empty
+``meta`` array for dask. NumPy is registered when this module is imported;
+CuPy and pydata-sparse are registered lazily, the first time one of their
+arrays is seen, so nothing imports them before a user hands one in.
+
+Adding a chunk type is one :func:`register_lazy` entry below, plus its
+kernels: see :class:`Backend` for what a registration provides.
+
+Examples
+--------
+>>> import numpy as np
+>>> from gridflow.backend import ops
+>>> b = ops(np.zeros(3))
+>>> b.name, b.xp is np
+('numpy', True)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "backend_of",
+    "is_numpy",
+    "meta_like",
+    "namespace",
+    "ops",
+    "register",
+    "register_lazy",
+    "to_host",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """What the engine needs of one chunk type.
+
+    Attributes
+    ----------
+    name : str
+        ``"numpy"``, ``"cupy"`` or ``"sparse"``.
+    xp : module
+        The array namespace (``numpy``, ``cupy``, ``sparse``).
+    ndimage, fft : module or None
+        ``scipy.ndimage`` / ``scipy.fft`` or their equivalents
+        (``cupyx.scipy.ndimage``, ``cupyx.scipy.fft``); None where the
+        chunk type has none (sparse chunks run their own code paths).
+    to_host : callable
+        A NumPy copy of a chunk, for writing and for host-only code.
+    fft_options : dict
+        Keyword arguments every FFT call takes (NumPy: all cores).
+    kernels : dict
+        Compiled chunk kernels by engine operation (``"vote"``,
+        ``"fractal"``): module paths imported on first use. An operation
+        with no entry runs the backend-neutral array code of the engine,
+        which equals the kernel bit for bit.
+    """
+
+    name: str
+    xp: ModuleType
+    ndimage: ModuleType | None
+    fft: ModuleType | None
+    to_host: Callable[[Any], np.ndarray]
+    fft_options: dict[str, Any] = field(default_factory=dict)
+    kernels: dict[str, str] = field(default_factory=dict)
+
+    def kernel(self, operation: str) -> ModuleType | None:
+        """The compiled kernels of ``operation`` on this backend, or None."""
+        path = self.kernels.get(operation)
+        return None if path is None else importlib.import_module(path)
+
+    def meta(self, ndim: int, dtype: Any) -> Any:
+        """An empty ``ndim``-dimensional chunk of ``dtype``: dask's ``meta``."""
+        return self.xp.empty((0,) * ndim, dtype=dtype)
+
+
+_TABLE: dict[type, Backend] = {}
+_LAZY: dict[str, Callable[[], None]] = {}
+
+
+def register(chunk_type: type, backend: Backend) -> None:
+    """Use ``backend`` for chunks of ``chunk_type`` (and its subclasses)."""
+    _TABLE[chunk_type] = backend
+    _lookup.cache_clear()
+
+
+def register_lazy(toplevel: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Decorator: call the function to register the types of module ``toplevel``
+    the first time a chunk from that module is looked up."""
+
+    def wrap(func: Callable[[], None]) -> Callable[[], None]:
+        _LAZY[toplevel] = func
+        return func
+
+    return wrap
+
+
+@functools.cache
+def _lookup(chunk_type: type) -> Backend | None:
+    for cls in chunk_type.__mro__:
+        if cls in _TABLE:
+            return _TABLE[cls]
+    return None
+
+
+def _chunk(a: Any) -> Any:
+    """The chunk type's representative of ``a``: a dask array's ``_meta``."""
+    meta = getattr(a, "_meta", None)
+    return a if meta is None else meta
+
+
+def ops(a: Any) -> Backend:
+    """The backend of ``a``: a chunk, or a dask array (by its ``meta``).
+
+    Anything that is not a registered chunk type (lists, scalars) is NumPy.
+    """
+    chunk_type = type(_chunk(a))
+    found = _lookup(chunk_type)
+    if found is None:
+        toplevel = chunk_type.__module__.split(".")[0]
+        loader = _LAZY.pop(toplevel, None)
+        if loader is not None:
+            loader()
+            found = _lookup(chunk_type)
+    return found if found is not None else _NUMPY
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The one backend of ``arrays`` (None entries ignored).
+
+    Raises
+    ------
+    TypeError
+        When the arrays' chunks are of different types, naming both.
+    """
+    found: Backend | None = None
+    first: type | None = None
+    for a in arrays:
+        if a is None:
+            continue
+        b = ops(a)
+        if found is None:
+            found, first = b, type(_chunk(a))
+        elif b is not found:
+            raise TypeError(
+                f"mixed chunk types: {first.__module__}.{first.__name__} and "
+                f"{type(_chunk(a)).__module__}.{type(_chunk(a)).__name__}; move every array "
+                "to one backend first (e.g. cupy.asarray or .get())"
+            )
+    return found if found is not None else _NUMPY
+
+
+def namespace(a: Any) -> ModuleType:
+    """The array namespace of ``a`` (``numpy``, ``cupy``, ...)."""
+    return ops(a).xp
+
+
+def is_numpy(a: Any) -> bool:
+    """Whether ``a`` (a chunk or a dask array) holds NumPy chunks."""
+    return ops(a) is _NUMPY
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A NumPy copy (or view) of a chunk of any backend."""
+    return ops(a).to_host(a)
+
+
+def meta_like(a: Any, ndim: int | None = None, dtype: Any = None) -> Any:
+    """A ``meta`` for a dask result computed from ``a``: its chunk type,
+    ``ndim`` dims (default ``a``'s) and ``dtype`` (default ``a``'s)."""
+    chunk = _chunk(a)
+    ndim = chunk.ndim if ndim is None else ndim
+    dtype = chunk.dtype if dtype is None else dtype
+    return ops(a).meta(ndim, dtype)
+
+
+def _numpy() -> Backend:
+    import scipy.fft
+    import scipy.ndimage
+
+    return Backend(
+        name="numpy",
+        xp=np,
+        ndimage=scipy.ndimage,
+        fft=scipy.fft,
+        to_host=np.asarray,
+        fft_options={"workers": -1},
+        kernels={"vote": "gridflow._kernels.vote", "fractal": "gridflow._kernels.fractal"},
+    )
+
+
+_NUMPY = _numpy()
+register(np.ndarray, _NUMPY)
+
+
+@register_lazy("cupy")
+def _register_cupy() -> None:
+    import cupy
+    import cupyx.scipy.fft
+    import cupyx.scipy.ndimage
+
+    register(
+        cupy.ndarray,
+        Backend(
+            name="cupy",
+            xp=cupy,
+            ndimage=cupyx.scipy.ndimage,
+            fft=cupyx.scipy.fft,
+            to_host=cupy.asnumpy,
+        ),
+    )
+
+
+@register_lazy("sparse")
+def _register_sparse() -> None:
+    import sparse
+
+    register(
+        sparse.SparseArray,
+        Backend(
+            name="sparse",
+            xp=sparse,
+            ndimage=None,
+            fft=None,
+            to_host=lambda a: a.todense(),
+        ),
+    )

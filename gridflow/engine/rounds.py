@@ -1,0 +1,173 @@
+"""Rounds: the one fusion rule and the round driver.
+
+A stage that iterates a one-block step (the vote filter of classify and
+cluster, the fractal classifier's neighbour step) runs it in rounds: ``f``
+fused steps on every chunk at once, with a halo ``f * r`` cells deep (``r``
+the step's radius) exchanged once by ``map_overlap``. More steps per round
+mean fewer rounds (each costs tasks, a halo exchange and a persist or a
+checkpoint), but a deeper halo and so more cells computed twice.
+:func:`fusion_factor` is the one rule that weighs the two;
+:func:`run_rounds` is the one loop that materialises every round but the
+last. The number of steps per round never changes a result: the stages'
+tests assert it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from dask.array.overlap import ensure_minimum_chunksize
+
+__all__ = [
+    "ROUND_SECONDS",
+    "StepCost",
+    "fusion_factor",
+    "max_fusion",
+    "round_chunks",
+    "run_rounds",
+]
+
+#: Cost of a round beyond its cells (dask tasks, halo exchange, persisting,
+#: scheduler wake-ups), as timed on a loaded 2-core machine. Seconds.
+ROUND_SECONDS = 1e-2
+#: A block spanning a whole periodic grid has no halo: its rounds only bound
+#: the time between checkpoints, about this many seconds of cell updates.
+WHOLE_ROUND_SECONDS = (1 << 28) * 2.5e-9
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """The seconds one step costs per cell of its block.
+
+    Attributes
+    ----------
+    first : float
+        A round's first step, per haloed cell.
+    later : float
+        Each later step of the round, per cell it computes.
+    shrinking : bool
+        Later steps compute only the cells whose result is still valid (the
+        region shrinks by ``r`` a step, as the fractal kernel does), rather
+        than the whole haloed block (as the vote step's correlation does).
+    """
+
+    first: float
+    later: float
+    shrinking: bool = False
+
+    def round_seconds(self, chunk: Sequence[int], radius: Sequence[int], f: int) -> float:
+        """Estimated seconds of a round of ``f`` steps on a chunk haloed ``f * radius``."""
+        total = ROUND_SECONDS
+        for s in range(f):
+            grow = f - s if self.shrinking else f
+            cells = math.prod(c + 2 * grow * r for c, r in zip(chunk, radius, strict=True))
+            total += cells * (self.first if s == 0 else self.later)
+        return total
+
+
+def max_fusion(chunk: Sequence[int], radius: Sequence[int], remaining: int) -> int:
+    """The most steps a round may fuse: its halo fits the neighbouring chunk."""
+    f = min(c // max(r, 1) for c, r in zip(chunk, radius, strict=True))
+    return max(1, min(f, remaining))
+
+
+def round_chunks(
+    chunks: tuple[tuple[int, ...], ...], radius: Sequence[int], steps: int
+) -> tuple[tuple[int, ...], ...]:
+    """``chunks`` with every chunk smaller than a ``steps``-step halo merged into a neighbour.
+
+    The smallest chunk bounds the steps per round (a halo cannot be deeper
+    than a chunk), so a small last chunk (800 cells in chunks of 256 leave
+    32) would cap every round; merging it costs one rechunk. A dim in one
+    chunk is left as it is.
+    """
+    return tuple(
+        ensure_minimum_chunksize(min(steps * max(r, 1), sum(c)), c) if len(c) > 1 else c
+        for c, r in zip(chunks, radius, strict=True)
+    )
+
+
+def fusion_factor(
+    chunks: tuple[tuple[int, ...], ...],
+    radius: Sequence[int],
+    remaining: int,
+    cost: StepCost,
+    *,
+    whole: bool = False,
+) -> int:
+    """Steps per round: the ``f`` that minimises the estimated seconds per step.
+
+    ``whole``: one block spans a periodic grid and needs no halo, so the
+    rounds only bound the time between checkpoints (about
+    :data:`WHOLE_ROUND_SECONDS` of work each). Otherwise ``f`` is at most
+    :func:`max_fusion` of the smallest chunk and minimises
+    ``cost.round_seconds(f) / f``.
+    """
+    if whole:
+        ncells = math.prod(c[0] for c in chunks)
+        per_step = ncells * max(cost.first, cost.later)
+        return max(1, min(remaining, int(WHOLE_ROUND_SECONDS // max(per_step, 1e-300))))
+    block = tuple(min(c) for c in chunks)
+    fmax = max_fusion(block, radius, remaining)
+    candidates = sorted({*np.unique(np.geomspace(1, fmax, 48).astype(int)).tolist(), fmax})
+    seconds = {f: cost.round_seconds(block, radius, f) / f for f in candidates}
+    return min(seconds, key=seconds.get)
+
+
+State = TypeVar("State")
+
+
+def run_rounds(
+    state: State,
+    *,
+    step: Callable[[State], int],
+    limit: int,
+    plan: Callable[[int, int], int],
+    materialise: Callable[[State, int], tuple[State, Any]],
+    settled: Callable[[State, Any, int], int | None] | None = None,
+    open_ended: bool = False,
+) -> tuple[State, int]:
+    """Drive rounds up to the last; return the state it starts from and its steps.
+
+    Parameters
+    ----------
+    state
+        The stage's state after ``step(state)`` steps (a fresh start or a
+        resumed checkpoint).
+    limit : int
+        Steps in all (the cap, when ``open_ended``).
+    plan : callable
+        ``plan(done, remaining)``: steps of the next round (the stage calls
+        :func:`fusion_factor` and applies its own caps).
+    materialise : callable
+        ``materialise(state, steps)``: compute a round of ``steps`` (persist
+        it, or checkpoint it into the store) and return the state after it
+        and its per-step statistics.
+    settled : callable, optional
+        ``settled(state, stats, steps)``, called after every materialised
+        round: the number of steps into that round at which the run stops,
+        or None to go on.
+    open_ended : bool
+        The run stops when ``settled`` says so (at ``limit`` at the latest),
+        so every round is materialised; otherwise the round that reaches
+        ``limit`` is the last and is left to the caller, lazily.
+
+    Returns
+    -------
+    (state, steps)
+        The caller builds the last round from ``state``, ``steps`` steps.
+    """
+    while True:
+        done = step(state)
+        steps = plan(done, limit - done)
+        if not open_ended and done + steps == limit:
+            return state, steps
+        new, stats = materialise(state, steps)
+        stop = settled(state, stats, steps) if settled is not None else None
+        if stop is not None:
+            return state, stop
+        state = new

@@ -1,0 +1,128 @@
+"""The chunk-type dispatch table (gridflow.backend)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.ndimage
+
+from gridflow import backend
+from gridflow.backend import backend_of, meta_like, ops, to_host
+from gridflow.engine.correlate import correlate
+from gridflow.engine.neighbour import run_reference
+from gridflow.engine.vote import decide, fused_steps, pad, vote
+from gridflow.kernels import parse_kernel
+from tests.conftest import to_host as host
+
+
+def test_numpy_is_registered_with_scipy():
+    b = ops(np.zeros(3))
+    assert (b.name, b.xp, b.ndimage, b.fft) == ("numpy", np, scipy.ndimage, scipy.fft)
+    assert b.kernel("vote").__name__ == "gridflow._kernels.vote"
+    assert b.kernel("fractal").__name__ == "gridflow._kernels.fractal"
+    assert b.kernel("no such operation") is None
+
+
+def test_a_dask_array_dispatches_on_its_meta():
+    x = da.zeros((4, 4), chunks=2)
+    assert ops(x) is ops(np.zeros(1))
+    m = meta_like(x, 3, np.float64)
+    assert isinstance(m, np.ndarray) and m.shape == (0, 0, 0) and m.dtype == np.float64
+
+
+def test_sparse_is_registered_lazily_on_first_use():
+    sparse = pytest.importorskip("sparse")
+    backend._lookup.cache_clear()
+    chunk = sparse.COO.from_numpy(np.eye(3))
+    b = ops(chunk)
+    assert b.name == "sparse" and b.xp is sparse
+    assert b.ndimage is None and b.kernel("vote") is None
+    np.testing.assert_array_equal(to_host(chunk), np.eye(3))
+    assert ops(da.from_array(chunk, chunks=2)) is b
+
+
+def test_mixed_chunk_types_raise_naming_both():
+    sparse = pytest.importorskip("sparse")
+    dense = np.zeros((3, 3))
+    coo = sparse.COO.from_numpy(np.eye(3))
+    assert backend_of(dense, None, dense) is ops(dense)
+    with pytest.raises(TypeError, match=r"numpy\.ndarray and sparse.*COO"):
+        backend_of(dense, coo)
+
+
+def test_a_registered_type_serves_its_subclasses():
+    class Sub(np.ndarray):
+        pass
+
+    assert ops(np.zeros(2).view(Sub)) is ops(np.zeros(2))
+
+
+def test_an_unregistered_chunk_type_is_numpy():
+    assert ops([1, 2, 3]).name == "numpy" and ops(3.0).name == "numpy"
+
+
+# --- the engine on every backend (CuPy where a device exists) ------------------------
+
+
+@pytest.mark.parametrize("method", ["direct", "separable", "box", "fft"])
+def test_correlation_methods_agree_on_every_backend(xp, method):
+    rng = np.random.default_rng(3)
+    planes = rng.integers(0, 2, size=(3, 40, 36)).astype(np.float64)
+    name = "box" if method == "box" else "inverse_distance"
+    kernel = parse_kernel(name, window=3, ndim=2)
+    if method == "separable" and not kernel.separable:
+        kernel = parse_kernel("box", window=3, ndim=2)
+    ref = correlate(planes, kernel, "direct")
+    got = correlate(xp.asarray(planes), kernel, method)
+    assert type(got) is type(xp.asarray(planes))
+    # Cells within the radius of the edge see only the block (FFT: wrap around it).
+    inside = (slice(None), slice(3, -3), slice(3, -3))
+    np.testing.assert_array_equal(host(got)[inside], ref[inside])
+
+
+def test_array_code_equals_the_compiled_vote_kernels(xp, monkeypatch):
+    """The backend-neutral vote code (what a backend without kernels runs) gives the kernels' bits."""
+    rng = np.random.default_rng(5)
+    kernel = parse_kernel("inverse_distance", window=2, ndim=2)
+    labels = rng.integers(-1, 4, size=(30, 28)).astype(np.int32)
+    labels[0, 0] = -2
+    ref_votes = vote(labels, 4, kernel)
+    want_labels, want_total = decide(ref_votes)
+
+    def three_steps(a):
+        return fused_steps(
+            pad(a, (6, 6), "open"),
+            None,
+            nclasses=4,
+            kernel=kernel,
+            steps=3,
+            first_step=1,
+            final_votes=True,
+        )
+
+    ref = three_steps(labels)
+    numpy_backend = ops(np.zeros(1))
+    neutral = backend.Backend(**{**numpy_backend.__dict__, "kernels": {}})
+    monkeypatch.setattr(backend, "_NUMPY", neutral)
+    monkeypatch.setitem(backend._TABLE, np.ndarray, neutral)
+    backend._lookup.cache_clear()
+    try:
+        x = xp.asarray(labels)
+        np.testing.assert_array_equal(host(vote(x, 4, kernel)), ref_votes)
+        got_labels, got_total = decide(xp.asarray(ref_votes))
+        np.testing.assert_array_equal(host(got_labels), want_labels)
+        np.testing.assert_array_equal(host(got_total), want_total)
+        np.testing.assert_array_equal(host(three_steps(x)), ref)
+    finally:
+        backend._lookup.cache_clear()
+
+
+def test_the_fractal_reference_runs_on_every_backend(xp):
+    rng = np.random.default_rng(8)
+    labels = np.full((20, 18), -1, np.int16)
+    labels[rng.integers(0, 20, 12), rng.integers(0, 18, 12)] = rng.integers(0, 3, 12)
+    ref = run_reference(labels, iterations=30, burn_in=10, seed=4)
+    got = run_reference(xp.asarray(labels), iterations=30, burn_in=10, seed=4)
+    np.testing.assert_array_equal(host(got), ref)
