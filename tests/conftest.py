@@ -90,3 +90,13 @@ def xp(request):
 def to_host(a):
     """A NumPy copy of an array of any backend (CuPy arrays leave the device)."""
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def same_partition(a, b):
+    """True when a and b split the cells the same way (ids may differ); -1 must match."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if not np.array_equal(a < 0, b < 0):
+        return False
+    m = a >= 0
+    pairs = set(zip(a[m].tolist(), b[m].tolist(), strict=True))
+    return len(pairs) == len(set(a[m].tolist())) == len(set(b[m].tolist()))

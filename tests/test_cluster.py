@@ -11,19 +11,9 @@ from gridflow.engine.components import level_set_tree
 from gridflow.errors import ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.store import counts_dataset
-from tests.conftest import reference
+from tests.conftest import reference, same_partition
 
 GRAY = np.array([0, 30, 55, 90, 120, 140, 170, 254])
-
-
-def _same_partition(a, b):
-    """True when a and b split the cells the same way (ids may differ); -1 must match."""
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    if not np.array_equal(a < 0, b < 0):
-        return False
-    m = a >= 0
-    pairs = set(zip(a[m].tolist(), b[m].tolist(), strict=True))
-    return len(pairs) == len(set(a[m].tolist())) == len(set(b[m].tolist()))
 
 
 def test_cluster_levels_on_the_reference_input():
@@ -152,7 +142,7 @@ def test_min_cells_makes_small_components_noise(rng):
         kept = big["cluster"].values
         # A cell is in a cluster exactly when its component has 10 cells or more.
         np.testing.assert_array_equal(kept >= 0, (ids >= 0) & (sizes >= 10)[np.maximum(ids, 0)])
-        assert _same_partition(kept, np.where(kept >= 0, ids, -1))
+        assert same_partition(kept, np.where(kept >= 0, ids, -1))
     assert checked > 0  # some level has small components
 
 

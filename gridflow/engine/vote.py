@@ -324,6 +324,7 @@ class FinalRound:
 
 
 def persist_round(state: RoundState, stats: Any) -> tuple[RoundState, np.ndarray]:
+    """A round of an in-memory run: persisted on the workers, its per-step counts computed."""
     labels, density, stats = dask.persist(state.labels, state.density, stats)
     return RoundState(state.step, labels, density), np.asarray(dask.compute(stats)[0])
 
@@ -430,11 +431,13 @@ def step_cost(
 
     A round's first step correlates every class plane; later steps mostly
     update the votes in place where labels changed, counted here as a
-    quarter of a correlation.
+    sixteenth of a correlation (``benchmarks/bench_fusion.py``: with a
+    quarter the rule fused too few steps and lost to fusing all the chunk
+    allows).
     """
     haloed = tuple(c + 2 * r for c, r in zip(block, kernel.radius, strict=True))
     first = nclasses * method_cost(kernel, haloed, method) / math.prod(haloed) * _UNIT_SECONDS
-    return StepCost(first=first, later=first / 4)
+    return StepCost(first=first, later=first / 16)
 
 
 def history_entries(first_step: int, counts: np.ndarray, ncells: int) -> list[dict[str, float]]:

@@ -8,16 +8,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from gridflow.engine.components import level_set_tree
-
-
-def _same_partition(a, b):
-    """True when a and b split the cells the same way (ids may differ); -1 must match."""
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    if not np.array_equal(a < 0, b < 0):
-        return False
-    m = a >= 0
-    pairs = set(zip(a[m].tolist(), b[m].tolist(), strict=True))
-    return len(pairs) == len(set(a[m].tolist())) == len(set(b[m].tolist()))
+from tests.conftest import same_partition
 
 
 def _smooth_levels(rng, shape, nlevels):
@@ -52,7 +43,7 @@ def test_components_equal_scipy_label(rng, shape, chunks, connectivity):
         comp = tree.levels[lv]
         assert len(comp) == n
         got = tree.label(da.from_array(lev, chunks=chunks), lv, np.arange(n)).compute()
-        assert _same_partition(np.where(ref > 0, ref, -1), got)
+        assert same_partition(np.where(ref > 0, ref, -1), got)
         # Components are numbered by their first cell in C order.
         first = [int(np.flatnonzero(got.ravel() == c)[0]) for c in range(n)]
         assert first == sorted(first) == comp.rep.tolist()
@@ -108,6 +99,6 @@ def test_periodic_components_match_a_torus_graph(rng):
             tree = level_set_tree(arr, nlevels=3, connectivity=connectivity, periodic=True)
             for lv in (1, 2):
                 got = tree.label(arr, lv, np.arange(len(tree.levels[lv]))).compute()
-                assert _same_partition(_torus_components(lev >= lv, connectivity), got)
+                assert same_partition(_torus_components(lev >= lv, connectivity), got)
                 trees.setdefault(lv, got)
                 np.testing.assert_array_equal(trees[lv], got)  # same ids too
