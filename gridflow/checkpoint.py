@@ -92,6 +92,14 @@ def resume_point(
             "resume: no %s round is checkpointed in %s; starting from the beginning", stage, store
         )
         return "start"
+    if not isinstance(state.get("arrays"), list) or "slot" not in state:
+        log.warning(
+            "resume: the %s checkpoint in %s was written in an older layout; "
+            "starting from the beginning",
+            stage,
+            store,
+        )
+        return "start"
     if state.get("params") != json.loads(json.dumps(dict(params), default=str)):
         log.warning(
             "resume: the %s checkpoint in %s was made with other parameters; "

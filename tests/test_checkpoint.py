@@ -47,3 +47,24 @@ def test_double_buffer_keeps_the_last_complete_round(tmp_path):
     again.clear()
     with pytest.raises(StoreError, match="no complete toy round"):
         again.load()
+
+
+def test_a_checkpoint_in_an_older_layout_starts_from_the_beginning(tmp_path, caplog):
+    import json
+    import logging
+
+    from gridflow import bin_points
+    from gridflow.checkpoint import CHECKPOINT, resume_point
+
+    store = tmp_path / "g.zarr"
+    bin_points(np.full((4, 2), 0.5), store, labels=np.zeros(4, int), bins=4, bounds=(0, 1))
+    root = store / CHECKPOINT / "fractal"
+    root.mkdir(parents=True)
+    params = {"iterations": 9}
+    # The fractal stage's own marker before RoundCheckpoint kept it: no "arrays".
+    (root / "state.json").write_text(
+        json.dumps({"step": 3, "slot": "a", "frames": [], "history": [], "params": params})
+    )
+    with caplog.at_level(logging.WARNING, logger="gridflow.checkpoint"):
+        assert resume_point(store, "fractal", params, resume=True) == "start"
+    assert "older layout" in caplog.text
