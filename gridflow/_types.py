@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
-    "BACKENDS",
     "BASELINES",
     "BINNING_STRATEGIES",
     "BOUNDARIES",
@@ -75,10 +74,6 @@ RENDER_VARIABLES = ("label", "fractal", "cluster", "density", "level", "confiden
 RenderVariable = Literal["label", "fractal", "cluster", "density", "level", "confidence"]
 PROJECTIONS = ("max", "mode")
 Projection = Literal["max", "mode"]
-
-#: Where dense chunks live.
-BACKENDS = ("numpy", "cupy")
-Backend = Literal["numpy", "cupy"]
 
 #: Log levels of the CLI.
 LOG_LEVELS = ("debug", "info", "warning", "error")

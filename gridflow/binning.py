@@ -35,7 +35,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from gridflow._kernels.binning import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
+from gridflow._types import BinningStrategy
 from gridflow.engine.planner import check_dense_grid, plan_binning
 from gridflow.errors import InputDataError, ParameterError, StorageError, storage_error
 from gridflow.grid import GridSpec, bounds_from_extrema, parse_bins, parse_bounds
@@ -53,7 +54,6 @@ __all__ = ["MAX_CLASSES", "BinReport", "bin_points", "parse_chunks", "parse_max_
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["auto", "tree", "chunked"]
 
 #: Target size of one output block of counts (all classes) for chunks="auto".
 AUTO_CHUNK_BYTES = 64 * 2**20
@@ -493,7 +493,7 @@ def bin_points(
     spec: GridSpec | None = None,
     classes: Sequence | None = None,
     chunks: int | Sequence[int] | str = "auto",
-    strategy: Strategy = "auto",
+    strategy: BinningStrategy = "auto",
     strict: bool = False,
     max_classes: int = MAX_CLASSES,
     overwrite: bool = False,

@@ -35,13 +35,19 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dask.array as da
 import numpy as np
 
 from gridflow import store as store_mod
-from gridflow._types import CORRELATION_METHODS, FILTER_BOUNDARIES, choices
+from gridflow._types import (
+    CORRELATION_METHODS,
+    FILTER_BOUNDARIES,
+    CorrelationMethod,
+    FilterBoundary,
+    choices,
+)
 from gridflow.backend import meta_like
 from gridflow.classify import parse_boundary
 from gridflow.errors import ParameterError
@@ -537,11 +543,11 @@ def window_filter(
     kernel: str | np.ndarray | Kernel = "box",
     window: int | None = 1,
     sigma: float | None = None,
-    boundary: Literal["periodic", "open", "constant"] | None = None,
+    boundary: FilterBoundary | None = None,
     cval: float = 0.0,
     name: str | None = None,
     overwrite: bool = False,
-    method: Literal["auto", "direct", "separable", "box", "fft"] = "auto",
+    method: CorrelationMethod = "auto",
 ) -> Any:
     """Correlate an expression of a grid's layers with a window kernel.
 

@@ -35,12 +35,13 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
+from gridflow._types import EqualizeMethod
 from gridflow.errors import InputDataError, ParameterError
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "parse_levels",
 ]
 
-Method = Literal["cells", "distinct"]
 
 #: The reference implementation's cut quantiles (8 levels).
 DEFAULT_CUTS = (0.08, 0.18, 0.28, 0.42, 0.62, 0.80, 0.95)
@@ -244,7 +244,7 @@ def equalize(
     density: Any,
     *,
     levels: int | Sequence[float] | str = DEFAULT_CUTS,
-    method: Method = "cells",
+    method: EqualizeMethod = "cells",
     digits: int = DIGITS,
 ) -> Equalization:
     """Equalize a density into levels, exactly, block by block.

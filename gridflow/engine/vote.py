@@ -385,7 +385,8 @@ def run_dask(
     args = (fixed, nclasses, kernel, method, boundary, seed_counts)
     whole = _whole_periodic(chunks, boundary)
     cost = step_cost(kernel, nclasses, tuple(min(c) for c in chunks), method)
-    labeled_before = [history[-1]["labeled"] * ncells if history else None]
+    # Cells labeled after the previous step (exact counts; a resumed run's from its history).
+    labeled_before = history[-1]["labeled"] * ncells if history else None
 
     def plan(done: int, remaining: int) -> int:
         steps = fusion_factor(chunks, kernel.radius, remaining, cost, whole=whole)
@@ -399,10 +400,11 @@ def run_dask(
         )
 
     def settled(state: RoundState, counts: np.ndarray, steps: int) -> int | None:
+        nonlocal labeled_before
         for s, entry in enumerate(history_entries(state.step + 1, counts, ncells)):
             changed, labeled = float(counts[0][s]), float(counts[1][s])
             history.append(entry)
-            before, labeled_before[0] = labeled_before[0], labeled
+            before, labeled_before = labeled_before, labeled
             newly = labeled > 0 if before is None else labeled != before
             last = state.step + s + 1 == limit
             if last or (iterations is None and not newly and changed <= tol * ncells):
