@@ -22,10 +22,12 @@ __all__ = [
     "FRACTAL_METHODS",
     "FRACTAL_STARTS",
     "KERNEL_NAMES",
+    "LAYOUTS",
     "LOG_LEVELS",
     "PROJECTIONS",
     "RENDER_VARIABLES",
     "SEEDS",
+    "SUPPORTS",
     "choices",
 ]
 
@@ -64,6 +66,15 @@ FractalMethod = Literal["auto", "compiled", "reference"]
 #: How points are binned (same counts).
 BINNING_STRATEGIES = ("auto", "tree", "chunked")
 BinningStrategy = Literal["auto", "tree", "chunked"]
+
+#: Grid layouts (docs/design.md §3.5): NumPy chunks, COO chunks, or chosen per grid.
+LAYOUTS = ("auto", "dense", "sparse")
+Layout = Literal["auto", "dense", "sparse"]
+
+#: Cells a vote step is evaluated on: those a labeled cell can reach, or only
+#: those holding points (docs/design.md §3.5).
+SUPPORTS = ("auto", "reachable", "occupied")
+Support = Literal["auto", "reachable", "occupied"]
 
 #: Perturbation laws of the synthetic lattices.
 DISTRIBUTIONS = ("logistic", "uniform", "cauchy")

@@ -16,14 +16,40 @@ accepts and counts them per class and cell into a dask array of shape
     holds more than a group of keys and one output chunk, so grids larger
     than a worker's memory bin fine.
 
+Two layouts of the counts (``layout=``, docs/design.md §3.5):
+
+``"dense"``
+    NumPy chunks, by either strategy.
+``"sparse"``
+    ``sparse.COO`` chunks (fill 0) of the occupied cells only, chunked along
+    at most :data:`~gridflow.sparse_grid.MAX_SPLIT_DIMS` spatial dims (those
+    with the most bins; the others whole). Always the ``"chunked"``
+    machinery: the sorted distinct keys of each partition (int64, chunk
+    major, from the compiled keys kernel) are merged per group of output
+    chunks in a tree, and each output chunk is assembled as a COO from its
+    slice of the merged keys. Nothing dense is allocated anywhere, whatever
+    ``strategy`` says: a tree of dense grids is never built for a sparse grid
+    (its reduction is the tree merge of the sorted keys).
+``"auto"``
+    sparse when the dense counts would not fit the workers' memory, or when
+    fewer than 1 cell in 16 can be occupied (at most one cell per row read;
+    see :func:`gridflow.engine.planner.choose_layout`); else dense. When
+    the rows are not known before the pass (bounds and classes given, and a
+    source that is not in memory) and the dense counts fit, the keys pass
+    runs first and the layout is chosen from the rows it read: the same
+    merged keys assemble dense or COO chunks.
+
 Rows with NaN/inf coordinates, out-of-range coordinates or a missing or
 unknown label are dropped and counted in a :class:`BinReport`.
 
 Guards before work: a dense grid whose counts would not fit the workers'
 memory is refused (:func:`gridflow.engine.planner.plan_binning`), once before the
-data is read and again when the classes are known; so is a label column
-with more than ``max_classes`` distinct values (:data:`MAX_CLASSES` by
-default), which is almost always the wrong column.
+data is read and again when the classes are known; a sparse grid whose
+(class, cell) keys would overflow 64-bit integers, or whose keys would not
+fit the workers (:func:`gridflow.engine.planner.check_sparse_grid`), is
+refused too; so is a label column with more than ``max_classes`` distinct
+values (:data:`MAX_CLASSES` by default), which is almost always the wrong
+column.
 """
 
 from __future__ import annotations
@@ -43,14 +69,30 @@ import numpy as np
 import pandas as pd
 
 from gridflow._kernels.binning import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
-from gridflow._types import BinningStrategy
-from gridflow.engine.planner import check_dense_grid, plan_binning
+from gridflow._types import LAYOUTS, BinningStrategy, Layout, choices
+from gridflow.engine.planner import (
+    check_dense_grid,
+    check_keys,
+    check_sparse_grid,
+    choose_layout,
+    dense_fits,
+    plan_binning,
+)
 from gridflow.errors import InputDataError, ParameterError, StorageError, storage_error
 from gridflow.grid import GridSpec, bounds_from_extrema, parse_bins, parse_bounds
 from gridflow.points import Block, PointSource, check_labels, open_points, reading
 from gridflow.runtime import active_client, cluster_memory, worker_memory
+from gridflow.sparse_grid import MAX_SPLIT_DIMS
 
-__all__ = ["MAX_CLASSES", "BinReport", "bin_points", "parse_chunks", "parse_max_classes"]
+__all__ = [
+    "MAX_CLASSES",
+    "BinReport",
+    "bin_points",
+    "parse_chunks",
+    "parse_layout",
+    "parse_max_classes",
+    "sparse_chunks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +102,12 @@ AUTO_CHUNK_BYTES = 64 * 2**20
 #: Cells of dense key space merged by one task of the chunked strategy.
 GROUP_CELLS = 2**25
 _U32_MAX = 2**32 - 1
+#: Cells (class, cell entries) a chunk of a sparse grid aims at for chunks="auto".
+SPARSE_CHUNK_CELLS = 2**20
+#: Below this many cells in all, a sparse grid is not split for parallelism.
+SPARSE_SPLIT_CELLS = 2**16
+#: Most chunks chunks="auto" gives a sparse grid (8**3: 8 blocks along 3 dims).
+MAX_SPARSE_CHUNKS = 512
 #: Most distinct labels binned without ``max_classes``. The counts hold a
 #: plane per class and a vote step keeps ~33 bytes per class per cell, so
 #: past a thousand classes a dense grid is the wrong tool, and a column with
@@ -263,7 +311,26 @@ def _scan(
     names = _merge_uniques([p[2] for p in parts], label_kind) if label_kind else None
     if names is not None and len(names) > limit:
         raise _too_many_classes(len(names), limit, src.label, src.description)
-    return bounds, names
+    return bounds, names, rows
+
+
+def _known_rows(src: PointSource) -> int | None:
+    """The rows of a source held in memory (its blocks are values, not tasks), else None.
+
+    Lets ``layout="auto"`` decide before the pass for arrays and pandas
+    frames without reading anything.
+    """
+    rows = 0
+    for block in src.blocks:
+        graph = block.__dask_graph__()
+        if len(graph) != 1:
+            return None
+        node = next(iter(graph.values()))
+        value = getattr(node, "value", node)
+        if not isinstance(value, Block):
+            return None
+        rows += len(value.columns[0]) if value.columns else 0
+    return rows
 
 
 # --- chunks -------------------------------------------------------------------
@@ -286,6 +353,79 @@ def parse_chunks(
         side = max(1, int(cells ** (1.0 / spec.ndim)))
         return tuple(min(side, b) for b in spec.bins)
     return spec.parse_chunks(chunks)
+
+
+def parse_layout(layout: Any) -> str:
+    """The layout of the counts: ``"auto"``, ``"dense"`` or ``"sparse"``."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ParameterError(f"layout: expected {choices(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+def _split_dims(chunks: Sequence[int], spec: GridSpec) -> list[str]:
+    return [d for d, c, b in zip(spec.dims, chunks, spec.bins, strict=True) if c < b]
+
+
+def sparse_chunks(
+    chunks: int | Sequence[int] | str | None,
+    spec: GridSpec,
+    nclasses: int,
+    rows: int | None = None,
+) -> tuple[int, ...]:
+    """Spatial chunk size per dim of a sparse grid.
+
+    A sparse grid is split along at most :data:`MAX_SPLIT_DIMS` dims, the
+    others whole, so a halo touches at most 26 neighbour blocks. Given
+    ``chunks`` that split more dims are refused. ``"auto"`` splits the dims
+    with the most bins (the first on ties) into about one chunk per
+    :data:`SPARSE_CHUNK_CELLS` (class, cell) entries that can be occupied (at
+    most ``rows``, or every entry when ``rows`` is None), at least one per
+    thread of the cluster when there are :data:`SPARSE_SPLIT_CELLS` or more,
+    at most :data:`MAX_SPARSE_CHUNKS`; the longest side is cut first.
+
+    Examples
+    --------
+    >>> spec = GridSpec(tuple("abcdef"), bounds=(0, 1), bins=(100, 100, 100, 100, 100, 100))
+    >>> sparse_chunks("auto", spec, 3, rows=10**4)  # one chunk
+    (100, 100, 100, 100, 100, 100)
+    >>> sparse_chunks("auto", spec, 3, rows=10**8)  # about 96 chunks
+    (20, 20, 25, 100, 100, 100)
+    >>> sparse_chunks((50, 100, 25, 100, 100, 100), spec, 3)
+    (50, 100, 25, 100, 100, 100)
+    """
+    if chunks is not None and chunks != "auto":
+        given = spec.parse_chunks(chunks)
+        split = _split_dims(given, spec)
+        if len(split) > MAX_SPLIT_DIMS:
+            example = tuple(
+                c if d in split[:MAX_SPLIT_DIMS] else b
+                for d, c, b in zip(spec.dims, given, spec.bins, strict=True)
+            )
+            raise ParameterError(
+                f"chunks: a sparse grid is chunked along at most {MAX_SPLIT_DIMS} dims (the others "
+                f"whole), got chunks {given} splitting {len(split)} ({', '.join(split)}); give "
+                f"the other dims their full size, e.g. {','.join(map(str, example))}, or 'auto'"
+            )
+        return given
+    entries = max(int(nclasses), 1) * spec.ncells
+    bound = entries if rows is None else min(int(rows), entries)
+    want = -(-bound // SPARSE_CHUNK_CELLS)
+    if bound >= SPARSE_SPLIT_CELLS:
+        want = max(want, _total_threads())
+    want = min(want, MAX_SPARSE_CHUNKS)
+    order = sorted(range(spec.ndim), key=lambda j: (-spec.bins[j], j))
+    candidates = [j for j in order[:MAX_SPLIT_DIMS] if spec.bins[j] > 1]
+    blocks = list(spec.bins)  # per dim: bins per block side, refined below
+    nblocks = dict.fromkeys(candidates, 1)
+    while candidates and math.prod(nblocks.values()) < want:
+        # Cut the longest side once more (the lowest dim on ties).
+        j = max(candidates, key=lambda j: (-(-spec.bins[j] // nblocks[j]), -j))
+        if -(-spec.bins[j] // nblocks[j]) <= 1:
+            break
+        nblocks[j] += 1
+    for j, n in nblocks.items():
+        blocks[j] = -(-spec.bins[j] // n)
+    return tuple(blocks)
 
 
 # --- strategies -----------------------------------------------------------------
@@ -413,7 +553,22 @@ def _as_grid(flat: np.ndarray, shape: tuple, dtype: Any) -> np.ndarray:
     return flat.astype(dtype, copy=False).reshape(shape)
 
 
-def _bin_chunked(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
+@dataclass(frozen=True)
+class _Keys:
+    """The merged keys of a keys pass: one persisted ``(keys, counts)`` per group
+    of output chunks, and the chunk-major key geometry they follow."""
+
+    groups: list[Any]
+    stats: np.ndarray
+    chunks: tuple[int, ...]
+    nblocks: tuple[int, ...]
+    span: int  # keys of one output chunk: classes x its (padded) cells
+    per_group: int  # output chunks per group
+    nclasses: int
+
+
+def _keys_pass(src, classes, spec, chunks) -> _Keys:
+    """Every partition's sorted distinct keys, merged per group of output chunks."""
     nclasses = len(classes.names)
     nblocks = tuple(-(-b // c) for b, c in zip(spec.bins, chunks, strict=True))
     nchunks = math.prod(nblocks)
@@ -428,16 +583,85 @@ def _bin_chunked(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
     stats_d = _tree([p[2] for p in parts], _sum_stats)
     groups, stats = dask.persist(groups, stats_d)
     stats = np.asarray(dask.compute(stats)[0])
-    dtype = np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
+    return _Keys(list(groups), stats, tuple(chunks), nblocks, span, per_group, nclasses)
 
-    blocks = np.empty(nblocks, dtype=object)
-    for cid, idx in enumerate(np.ndindex(*nblocks)):
-        shape = tuple(min(c, b - i * c) for i, c, b in zip(idx, chunks, spec.bins, strict=True))
-        piece = dask.delayed(_dense_chunk)(
-            groups[cid // per_group], cid * span, nclasses, chunks, shape, dtype
+
+def _count_dtype(stats: np.ndarray) -> Any:
+    return np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
+
+
+def _assemble(keys: _Keys, spec: GridSpec, piece: Any, meta: Any = None) -> da.Array:
+    """The ``(class, *dims)`` counts, each output chunk made by ``piece`` from its group."""
+    dtype = _count_dtype(keys.stats)
+    blocks = np.empty(keys.nblocks, dtype=object)
+    for cid, idx in enumerate(np.ndindex(*keys.nblocks)):
+        shape = tuple(
+            min(c, b - i * c) for i, c, b in zip(idx, keys.chunks, spec.bins, strict=True)
         )
-        blocks[idx] = da.from_delayed(piece, shape=(nclasses, *shape), dtype=dtype, name=False)
-    return da.block([_nested(blocks)]), stats  # the outer list is the class axis
+        task = dask.delayed(piece)(
+            keys.groups[cid // keys.per_group],
+            cid * keys.span,
+            keys.nclasses,
+            keys.chunks,
+            shape,
+            dtype,
+        )
+        blocks[idx] = da.from_delayed(
+            task, shape=(keys.nclasses, *shape), dtype=dtype, meta=meta, name=False
+        )
+    return da.block([_nested(blocks)])  # the outer list is the class axis
+
+
+def _bin_chunked(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
+    keys = _keys_pass(src, classes, spec, chunks)
+    return _assemble(keys, spec, _dense_chunk), keys.stats
+
+
+def _coo_chunk(
+    group: tuple, key0: int, nclasses: int, csize: tuple, shape: tuple, dtype: Any
+) -> Any:
+    """One output chunk as a ``sparse.COO`` (fill 0) from its slice of the group's keys.
+
+    Within a chunk the keys run over (class, cell of the padded chunk) in row-major
+    order, so the coordinates come out sorted and distinct.
+    """
+    from gridflow.sparse_grid import coo
+
+    keys, counts = group
+    block_cells = math.prod(csize)
+    a, b = np.searchsorted(keys, [key0, key0 + nclasses * block_cells])
+    local = keys[a:b] - key0
+    coords = np.empty((1 + len(csize), local.size), dtype=np.int64)
+    coords[0], rest = np.divmod(local, block_cells)
+    for j in range(len(csize) - 1, -1, -1):
+        rest, coords[1 + j] = np.divmod(rest, csize[j])
+    return coo(coords, counts[a:b].astype(dtype), (nclasses, *shape), fill_value=0)
+
+
+def _coo_meta(ndim: int, dtype: Any) -> Any:
+    import sparse
+
+    return sparse.COO(
+        np.empty((ndim, 0), np.int64), np.empty(0, dtype), shape=(0,) * ndim, fill_value=0
+    )
+
+
+def _occupied(group: tuple, span: int, block_cells: int) -> int:
+    """Spatial cells a group's keys occupy (any class)."""
+    keys = group[0]
+    chunk, local = np.divmod(keys, span)
+    return int(np.unique(chunk * block_cells + local % block_cells).size)
+
+
+def _occupied_cells(keys: _Keys) -> int:
+    block_cells = math.prod(keys.chunks)
+    parts = [dask.delayed(_occupied)(g, keys.span, block_cells) for g in keys.groups]
+    return int(sum(dask.compute(*parts)))
+
+
+def _sparse_counts(keys: _Keys, spec: GridSpec) -> da.Array:
+    meta = _coo_meta(1 + spec.ndim, _count_dtype(keys.stats))
+    return _assemble(keys, spec, _coo_chunk, meta=meta)
 
 
 def _nested(blocks: np.ndarray) -> list:
@@ -494,6 +718,7 @@ def bin_points(
     classes: Sequence | None = None,
     chunks: int | Sequence[int] | str = "auto",
     strategy: BinningStrategy = "auto",
+    layout: Layout = "auto",
     strict: bool = False,
     max_classes: int = MAX_CLASSES,
     overwrite: bool = False,
@@ -528,10 +753,17 @@ def bin_points(
         Class names in order; skips the pass that finds them. Labels not in
         it are dropped and counted.
     chunks : int, sequence of int or "auto"
-        Spatial chunk size of the counts.
+        Spatial chunk size of the counts. A sparse grid is split along at
+        most 3 dims (see :func:`sparse_chunks`).
     strategy : {"auto", "tree", "chunked"}
         See the module docstring; "auto" picks "tree" when a grid fits
-        comfortably in a worker's memory.
+        comfortably in a worker's memory. A sparse grid always bins by keys
+        ("chunked").
+    layout : {"auto", "dense", "sparse"}
+        NumPy or ``sparse.COO`` chunks; "auto" is sparse when the dense
+        counts would not fit the workers' memory or fewer than 1 cell in 16
+        can hold a point (see the module docstring). The choice is logged
+        and kept in ``attrs["gridflow_stages"]["bin"]["layout"]``.
     strict : bool, default False
         Raise instead of dropping rows with NaN/inf, out-of-range
         coordinates or bad labels.
@@ -544,8 +776,9 @@ def bin_points(
     Raises
     ------
     GridTooLargeError
-        Before any work, when the dense counts would not fit the workers'
-        memory (fewer bins, or more workers or memory).
+        Before any work, when dense counts (``layout="dense"``) would not fit
+        the workers' memory (fewer bins, or more workers or memory), or a
+        sparse grid's keys would overflow 64 bits or not fit the workers.
     StorageError
         When the store's filesystem is read-only, full or not writable;
         nothing is left at ``store``.
@@ -554,7 +787,7 @@ def bin_points(
     -------
     xarray.Dataset
         ``counts`` (class, *dims), uint32 (uint64 if more than 2**32-1 points
-        are binned), with bin-centre coordinates;
+        are binned), NumPy or COO chunks, with bin-centre coordinates;
         ``attrs["gridflow_stages"]["bin"]["report"]`` holds the
         :class:`BinReport` as a dict. Backed by ``store`` when given,
         else by persisted dask chunks.
@@ -574,6 +807,7 @@ def bin_points(
         _check_output_dir(store)
     max_classes = parse_max_classes(max_classes)
     strategy = _parse_strategy(strategy)
+    layout = parse_layout(layout)
     if spec is not None and columns is None:
         columns = spec.dims
     src = open_points(points, columns=columns, label=label, labels=labels)
@@ -605,14 +839,18 @@ def bin_points(
     if names is not None and len(names) > max_classes:
         raise _too_many_classes(len(names), max_classes, src.label, src.description)
     # Before the pass over the data: a grid too large with a single class.
-    check_dense_grid(
-        shape, len(names) if names else 1, memory=cluster_memory(), classes_known=bool(names)
-    )
+    least = len(names) if names else 1
+    mem = cluster_memory()
+    if layout == "dense":
+        check_dense_grid(shape, least, memory=mem, classes_known=bool(names))
+    elif layout == "sparse" or not dense_fits(shape, least, memory=mem):
+        check_keys(shape, least, at_least=not names)
     need_bounds = spec is None and bounds is None
     need_classes = kind if names is None else None
+    rows = _known_rows(src)
     if need_bounds or need_classes:
         with reading(src):
-            found_bounds, found_names = _scan(src, need_bounds, need_classes, max_classes)
+            found_bounds, found_names, rows = _scan(src, need_bounds, need_classes, max_classes)
         bounds = found_bounds if need_bounds else bounds
         names = found_names if need_classes else names
     if not names:
@@ -620,22 +858,62 @@ def bin_points(
     classes_ = _Classes(tuple(names), kind, src.categories)
     if spec is None:
         spec = GridSpec(src.columns, bounds=bounds, bins=bins, periodic=periodic or False)
+    nclasses = len(names)
 
-    chunks_ = parse_chunks(chunks, spec, len(names))
-    strategy = plan_binning(
-        spec.shape, len(names), chunks_, strategy=strategy, memory=cluster_memory()
-    ).strategy
+    chosen, why = choose_layout(layout, spec.shape, nclasses, rows=rows, memory=mem)
+    if chosen is None and strategy == "tree":
+        chosen, why = "dense", "strategy='tree' builds dense grids"
+    if chosen is None and chunks not in (None, "auto"):
+        given = spec.parse_chunks(chunks)
+        if len(_split_dims(given, spec)) > MAX_SPLIT_DIMS:
+            chosen, why = "dense", f"the chunks split more than {MAX_SPLIT_DIMS} dims"
+    occupied = None
+    if chosen == "sparse":
+        check_keys(spec.shape, nclasses)
+        check_sparse_grid(rows, nclasses, spec.shape, memory=mem)
+        chunks_ = sparse_chunks(chunks, spec, nclasses, rows)
+        check_keys(spec.shape, nclasses, chunks_)
+        if strategy == "tree":
+            log.info("a sparse grid bins by keys: the chunked strategy replaces 'tree'")
+        strategy = "chunked"
+    else:
+        chunks_ = parse_chunks(chunks, spec, nclasses)
+        plan_strategy = "chunked" if chosen is None else strategy
+        strategy = plan_binning(
+            spec.shape, nclasses, chunks_, strategy=plan_strategy, memory=mem
+        ).strategy
     log.info(
-        "binning %s into %s cells x %d classes (%s strategy, chunks %s)",
+        "binning %s into %s cells x %d classes (%s layout%s, %s strategy, chunks %s)",
         src.description,
         "x".join(map(str, spec.bins)),
-        len(names),
+        nclasses,
+        chosen or "undecided",
+        f": {why}" if chosen else " until the rows are counted",
         strategy,
         chunks_,
     )
-    runner = _bin_tree if strategy == "tree" else _bin_chunked
     with reading(src):
-        counts, stats = runner(src, classes_, spec, chunks_)
+        if chosen == "dense":
+            runner = _bin_tree if strategy == "tree" else _bin_chunked
+            counts, stats = runner(src, classes_, spec, chunks_)
+        else:
+            keys = _keys_pass(src, classes_, spec, chunks_)
+            stats = keys.stats
+            if chosen is None:
+                chosen, why = choose_layout(
+                    layout, spec.shape, nclasses, rows=int(stats[:4].sum()), memory=mem
+                )
+                log.info("layout: %s (%s)", chosen, why)
+            if chosen == "sparse":
+                counts = _sparse_counts(keys, spec)
+                occupied = _occupied_cells(keys)
+                if len(_split_dims(chunks_, spec)) > MAX_SPLIT_DIMS:
+                    rows_read = int(stats[:4].sum())
+                    counts = counts.rechunk(
+                        (nclasses, *sparse_chunks("auto", spec, nclasses, rows_read))
+                    )
+            else:
+                counts = _assemble(keys, spec, _dense_chunk)
 
     report = BinReport(
         rows=int(stats[:4].sum()),
@@ -649,7 +927,16 @@ def bin_points(
     _check_report(report, src, spec, strict)
     report.per_class = {str(n): int(c) for n, c in zip(names, stats[4:], strict=True)}
     log.info("%s", report.summary())
-    ds = store_mod.counts_dataset(counts, spec, names, report.to_dict())
+    if occupied is not None:
+        log.info(
+            "sparse counts: %s of %s cells occupied (%.3g%%)",
+            f"{occupied:,}",
+            f"{spec.ncells:,}",
+            100 * occupied / spec.ncells,
+        )
+    ds = store_mod.counts_dataset(
+        counts, spec, names, report.to_dict(), layout=chosen, occupied=occupied
+    )
     if store is None:
         return ds
     try:

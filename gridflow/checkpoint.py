@@ -27,7 +27,9 @@ from typing import Any
 import dask
 import dask.array as da
 
+from gridflow import sparse_store
 from gridflow.errors import StoreError
+from gridflow.sparse_grid import is_sparse
 
 __all__ = ["CHECKPOINT", "RoundCheckpoint", "Saved", "has_checkpoint", "resume_point"]
 
@@ -173,7 +175,7 @@ class RoundCheckpoint:
                 f"({state['params']}); rerun with those or without --resume"
             )
         slot = os.path.join(self.root, state["slot"])
-        arrays = {name: da.from_zarr(os.path.join(slot, name)) for name in state["arrays"]}
+        arrays = {name: _read(slot, name) for name in state["arrays"]}
         self.history = list(state["history"])
         self.rounds = list(state.get("rounds", []))
         self.frames = list(state.get("frames", []))
@@ -230,12 +232,18 @@ class RoundCheckpoint:
         previous = self._read()
         slot = "b" if previous is not None and previous["slot"] == "a" else "a"
         base = os.path.join(self.root, slot)
+        dense = {name: a for name, a in arrays.items() if not is_sparse(a)}
+        # Sparse arrays (COO chunks) are kept as the store keeps them (sorted keys).
+        sparse_vars = {name: _variable(a) for name, a in arrays.items() if is_sparse(a)}
         writes = [
             da.to_zarr(a, os.path.join(base, name), overwrite=True, compute=False)
-            for name, a in arrays.items()
+            for name, a in dense.items()
         ]
         writes += self._frame_writes(frames)
-        *_, extra = dask.compute(*writes, extra)
+        spooled = sparse_store.spool(base, sparse_vars) if sparse_vars else {}
+        *_, cells, extra = dask.compute(*writes, spooled, extra)
+        if sparse_vars:
+            sparse_store.finish(base, sparse_vars, sparse_store.spooled_cells(cells))
         self.frames = [*self.frames, *frames]
         self.history = self.history + (history(extra) if history is not None else [])
         self.rounds = [*self.rounds, {"first": self.step + 1, "last": step, "run": self.run}]
@@ -258,7 +266,7 @@ class RoundCheckpoint:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.marker)  # the round counts as done only now
-        loaded = {name: da.from_zarr(os.path.join(base, name)) for name in arrays}
+        loaded = {name: _read(base, name) for name in arrays}
         return loaded, extra
 
     def final_round(self, last: int) -> list[dict[str, int]]:
@@ -266,3 +274,16 @@ class RoundCheckpoint:
         if last <= self.step:
             return list(self.rounds)
         return [*self.rounds, {"first": self.step + 1, "last": last, "run": self.run}]
+
+
+def _variable(a: da.Array) -> Any:
+    import xarray as xr
+
+    return xr.Variable(tuple(f"dim_{i}" for i in range(a.ndim)), a)
+
+
+def _read(slot: str, name: str) -> da.Array:
+    """An array of a checkpoint slot: a Zarr array, or a sparse group (COO chunks)."""
+    if sparse_store.is_sparse_group(os.path.join(slot, name)):
+        return sparse_store.read_variable(slot, name).data
+    return da.from_zarr(os.path.join(slot, name))

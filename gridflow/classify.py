@@ -36,15 +36,18 @@ from gridflow._types import (
     BOUNDARIES,
     CORRELATION_METHODS,
     SEEDS,
+    SUPPORTS,
     Boundary,
     CorrelationMethod,
     Seed,
+    Support,
     choices,
 )
 from gridflow.checkpoint import RoundCheckpoint, resume_point
 from gridflow.engine.vote import (
     FinalRound,
     RoundState,
+    check_window,
     history_entries,
     persist_round,
     run_dask,
@@ -52,6 +55,7 @@ from gridflow.engine.vote import (
 from gridflow.errors import BoundaryWarning, ConvergenceWarning, ParameterError
 from gridflow.kernels import Kernel, parse_kernel
 from gridflow.progress import Progress
+from gridflow.sparse_grid import is_sparse
 
 __all__ = ["classify", "tune"]
 
@@ -135,8 +139,45 @@ def filter_record(
     }
 
 
+def parse_support(support: Any) -> str:
+    """A vote support: ``"auto"``, ``"reachable"`` or ``"occupied"`` (docs/design.md §3.5)."""
+    if support not in SUPPORTS:
+        raise ParameterError(f"support: expected {choices(SUPPORTS)}, got {support!r}")
+    return support
+
+
+def resolve_support(
+    support: str, labels0: da.Array, nclasses: int, kernel: Kernel, steps: int
+) -> str:
+    """The support a run uses: ``"auto"`` is reachable on a dense grid, and on a
+    sparse one reachable while its active cells fit a worker (else occupied);
+    a sparse support that cannot fit is refused with the numbers."""
+    if not is_sparse(labels0):
+        return "reachable" if support == "auto" else support
+    from gridflow.engine import sparse as sparse_engine
+    from gridflow.runtime import worker_resources
+
+    chosen = sparse_engine.resolve_support(
+        support,
+        occupied=sparse_engine.occupied_cells(labels0),
+        ncells=math.prod(labels0.shape),
+        nclasses=nclasses,
+        kernel=kernel,
+        steps=steps,
+        memory=worker_resources()["memory"] / 2,
+    )
+    if support == "auto":
+        log.info("support: %s (the reachable cells %s a worker)", chosen,
+                 "fit" if chosen == "reachable" else "would not fit")  # fmt: skip
+    return chosen
+
+
 def initial_labels(counts: da.Array) -> da.Array:
     """L0: the majority class of each cell holding points (lowest on ties), else -1."""
+    if is_sparse(counts):
+        from gridflow.engine import sparse as sparse_engine
+
+        return sparse_engine.initial_labels(counts)
     return counts.map_blocks(_majority, drop_axis=0, dtype=np.int32)
 
 
@@ -162,6 +203,9 @@ def classify(
     fuse: int | None = None,
     chunks: int | Sequence[int] | Literal["auto"] | None = None,
     resume: bool = False,
+    support: Support = "auto",
+    levels: int = 1,
+    min_votes: float = 0.0,
 ) -> Any:
     """Classify every cell of a grid by iterating the vote filter.
 
@@ -197,13 +241,27 @@ def classify(
         Continue from the store's last complete round; safe to always pass:
         with nothing checkpointed the run starts from the beginning, and a
         stage already finished with the same parameters is not run again.
+    support : {"auto", "reachable", "occupied"}
+        The cells a step is evaluated on (docs/design.md §3.5): every cell a
+        labeled cell can reach (the dense result exactly), or only the cells
+        holding points (the others never vote). ``"auto"``: reachable on a
+        dense grid; on a sparse grid reachable while its cells fit a worker.
+    levels : int
+        Levels of the resolution pyramid: level ``l`` halves the bins
+        ``l`` times (counts summed exactly) and is classified with the same
+        parameters; prediction answers a point from the finest level with
+        at least ``min_votes`` votes at its cell.
+    min_votes : float
+        Total vote a level's cell needs to answer a point (with ``levels``).
 
     Returns
     -------
     xarray.Dataset
         The grid with ``label``, ``confidence``, ``density`` (and
-        ``probability``); ``attrs["gridflow_stages"]["classify"]`` holds the
-        parameters and the fractions of cells labeled and changed per step.
+        ``probability``; with ``levels`` > 1 ``votes`` and the variables of
+        every level, suffixed ``_l1``, ``_l2``, ...);
+        ``attrs["gridflow_stages"]["classify"]`` holds the parameters and
+        the fractions of cells labeled and changed per step.
 
     Examples
     --------
@@ -223,12 +281,32 @@ def classify(
     store_mod.warn_if_empty(grid, "classify")
     if method not in CORRELATION_METHODS:
         raise ParameterError(f"method: expected {choices(CORRELATION_METHODS)}, got {method!r}")
+    from gridflow import pyramid
+
+    support = parse_support(support)
+    levels = pyramid.parse_pyramid_levels(levels)
+    min_votes = pyramid.parse_min_votes(min_votes)
+    level_specs = [pyramid.level_spec(spec, lvl) for lvl in range(1, levels)]
+    for lvl, level in enumerate(level_specs, start=1):
+        try:
+            check_window(k, level.shape)
+        except ParameterError as exc:
+            raise ParameterError(
+                f"levels: level {lvl} has bins {list(level.shape)}, too few for the window "
+                f"({exc}); use fewer levels"
+            ) from None
+    sparse_ = is_sparse(counts)
+    asked = support
+    support = resolve_support(asked, initial_labels(counts), nclasses, k, n or max_iter)
     params = {
         **filter_record(kernel, k, sigma, iterations, boundary, seed),
         "clamp": bool(clamp),
         "tol": tol,
         "max_iter": max_iter,
         "weights_sha": k.digest,
+        "support": support,
+        "levels": levels,
+        "min_votes": min_votes,
     }
 
     if path is not None:
@@ -240,7 +318,14 @@ def classify(
     elif resume:
         raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
 
-    run_chunks, plan_fuse = _plan(counts, spec, k, boundary, n or max_iter, chunks, seed, clamp)
+    if sparse_:
+        # Sparse rounds hold the cells that exist, not the blocks' volume: the
+        # store's chunks are kept unless chunks are given.
+        run_chunks, plan_fuse = tuple(c[0] for c in counts.chunks[1:]), None
+        if chunks is not None and chunks != "auto":
+            run_chunks = spec.parse_chunks(chunks)
+    else:
+        run_chunks, plan_fuse = _plan(counts, spec, k, boundary, n or max_iter, chunks, seed, clamp)
     if run_chunks != tuple(c[0] for c in counts.chunks[1:]):
         counts = counts.rechunk((nclasses, *run_chunks))
     if plan_fuse is not None:
@@ -259,27 +344,68 @@ def classify(
             ckpt.clear()
         materialise = ckpt.save
 
-    bar = Progress("classify", total=n or max_iter, unit="step")
+    run = {
+        "nclasses": nclasses,
+        "kernel": k,
+        "iterations": n,
+        "method": method,
+        "clamp": clamp,
+        "fuse": fuse,
+        "tol": tol,
+        "max_iter": max_iter,
+        "support": support,
+    }
+    bar = Progress("classify", total=(n or max_iter) * levels, unit="step")
     final = run_dask(
         labels0,
-        nclasses=nclasses,
-        kernel=k,
-        iterations=n,
         boundary=boundary,
-        method=method,
-        clamp=clamp,
-        fuse=fuse,
-        tol=tol,
-        max_iter=max_iter,
         start=start,
         materialise=bar.rounds(materialise or persist_round),
         history=history,
         seed_counts=counts.astype(np.float64) if seed == "counts" else None,
+        **run,
     )
     if n is None and final.step >= max_iter:
         _warn_unsettled(history, tol, max_iter)
-    outputs = _outputs(final, nclasses, probabilities, grid)
+    dims = grid["counts"].dims[1:]
+    outputs = _outputs(final, nclasses, probabilities, dims, votes=levels > 1)
+    coords: dict[str, Any] = {}
+    level_steps, level_supports = [], []
+    for lvl, level in enumerate(level_specs, start=1):
+        # Each level of the pyramid: its counts summed exactly, the same filter.
+        counts_l = pyramid.coarsen(counts, lvl)
+        if sparse_ and _dense_level(level.shape, nclasses, grid):
+            # A coarse level the points fill: the dense engine is faster there
+            # (the same bits; its variables are stored dense).
+            # One block: no halo (a dense halo in d dims reaches 3**d - 1 blocks).
+            counts_l = counts_l.rechunk(counts_l.shape).map_blocks(
+                _todense, meta=np.empty((0,) * counts_l.ndim, counts_l.dtype)
+            )
+        labels_l = initial_labels(counts_l)
+        # "auto" chooses per level: a coarse level may reach every cell cheaply.
+        final_l_support = (
+            resolve_support(asked, labels_l, nclasses, k, n or max_iter)
+            if asked == "auto"
+            else support
+        )
+        final_l = run_dask(
+            labels_l,
+            boundary=boundary if all(level.periodic) else "open",
+            materialise=bar.rounds(persist_round),
+            seed_counts=counts_l.astype(np.float64) if seed == "counts" else None,
+            **{**run, "support": final_l_support},
+        )
+        level_steps.append(final_l.step)
+        level_supports.append(final_l_support)
+        dims_l = tuple(pyramid.level_name(d, lvl) for d in dims)
+        level_vars = _outputs(final_l, nclasses, probabilities, dims_l, votes=True)
+        level_vars["counts"] = xr_variable(("class", *dims_l), counts_l, grid["counts"].attrs)
+        outputs.update({pyramid.level_name(v, lvl): x for v, x in level_vars.items()})
+        coords.update(pyramid.level_coords(spec, lvl))
     stage = {**params, "steps": final.step, "probabilities": bool(probabilities)}
+    if level_steps:
+        stage["level_steps"] = level_steps
+        stage["level_supports"] = level_supports
     if path is not None:
         stage["rounds"] = ckpt.rounds.final_round(final.step)
 
@@ -289,13 +415,39 @@ def classify(
         return {"history": history}
 
     ds = store_mod.apply_stage(
-        grid, path, "classify", outputs, stage, extra=final.stats, record=record
+        grid, path, "classify", outputs, stage, coords=coords, extra=final.stats, record=record
     )
     if path is not None:
         ckpt.clear()  # the stage is written: its rounds are no longer needed
         log.info("classify: %d steps written to %s", final.step, path)
-    bar.finish(final.step)
+    bar.finish(final.step * levels)
     return ds
+
+
+def _dense_level(shape: tuple[int, ...], nclasses: int, grid: Any) -> bool:
+    """A pyramid level whose dense counts fit and that its points fill
+    (docs/design.md §3.5's layout rule, with the points binned as the bound)."""
+    from gridflow.engine.planner import choose_layout
+    from gridflow.runtime import cluster_memory
+
+    report = grid.attrs.get("gridflow_stages", {}).get("bin", {}).get("report", {})
+    rows = report.get("binned")
+    memory = cluster_memory()
+    layout, _ = choose_layout("auto", shape, nclasses, rows=rows, memory=memory)
+    # Held as one block by a worker, with a round's working copies.
+    small = math.prod(shape) * max(nclasses, 1) * 64 <= memory.smallest
+    return layout == "dense" and small
+
+
+def _todense(block: Any) -> np.ndarray:
+    return block.todense()
+
+
+def xr_variable(dims: tuple[str, ...], data: Any, attrs: dict[str, Any]) -> Any:
+    """An ``xarray.Variable`` (imported on use)."""
+    import xarray as xr
+
+    return xr.Variable(dims, data, attrs=dict(attrs))
 
 
 def _warn_unsettled(history: list[dict[str, float]], tol: float, max_iter: int) -> None:
@@ -361,34 +513,47 @@ def _plan(
     return plan.chunks, plan.fuse
 
 
-def _outputs(final: FinalRound, nclasses: int, probabilities: bool, grid: Any) -> dict[str, Any]:
-    import xarray as xr
+#: What classify's variables hold (their ``long_name``).
+_LONG_NAMES = {
+    "label": "class index, -1 = unlabeled",
+    "confidence": "winning vote / total vote",
+    "density": "damped filtered density",
+    "votes": "total vote of the last step",
+    "probability": "vote fraction per class",
+}
 
-    dims = grid["counts"].dims[1:]
-    votes = final.votes
-    total = votes.sum(axis=0)
-    safe = da.where(total > 0, total, 1.0)
-    confidence = da.where(total > 0, votes.max(axis=0) / safe, 0.0).astype(np.float32)
-    label_dtype = np.int16 if nclasses < 2**15 else np.int32
-    out = {
-        "label": xr.Variable(
-            dims,
-            final.labels.astype(label_dtype),
-            attrs={"long_name": "class index, -1 = unlabeled"},
-        ),
-        "confidence": xr.Variable(
-            dims, confidence, attrs={"long_name": "winning vote / total vote"}
-        ),
-        "density": xr.Variable(
-            dims, final.density.astype(np.float32), attrs={"long_name": "damped filtered density"}
-        ),
-    }
-    if probabilities:
-        prob = (votes / safe).astype(np.float32)
-        out["probability"] = xr.Variable(
-            ("class", *dims), prob, attrs={"long_name": "vote fraction per class"}
+
+def _outputs(
+    final: FinalRound, nclasses: int, probabilities: bool, dims: tuple[str, ...], votes: bool
+) -> dict[str, Any]:
+    """label, confidence, density (votes, probability) of a run, dense or sparse."""
+    if is_sparse(final.labels):
+        from gridflow.engine import sparse as sparse_engine
+
+        data = sparse_engine.outputs(final, nclasses, probabilities)
+    else:
+        v = final.votes
+        total = v.sum(axis=0)
+        safe = da.where(total > 0, total, 1.0)
+        label_dtype = np.int16 if nclasses < 2**15 else np.int32
+        data = {
+            "label": final.labels.astype(label_dtype),
+            "confidence": da.where(total > 0, v.max(axis=0) / safe, 0.0).astype(np.float32),
+            "density": final.density.astype(np.float32),
+            "votes": total.astype(np.float32),
+        }
+        if probabilities:
+            data["probability"] = (v / safe).astype(np.float32)
+    if not votes:
+        data.pop("votes")
+    return {
+        name: xr_variable(
+            ("class", *dims) if name == "probability" else dims,
+            array,
+            {"long_name": _LONG_NAMES[name]},
         )
-    return out
+        for name, array in data.items()
+    }
 
 
 class _Checkpoint:

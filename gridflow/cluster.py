@@ -22,12 +22,26 @@
 4. **fill** (optional) — the supervised filter seeded with the cluster ids
    (cluster cells held fixed) gives every cell a cluster.
 
-Written into the store: ``level`` (uint8), ``cluster`` (int32, -1 = noise)
+Written into the store: ``cluster_density`` (float32, the density the
+levels were cut from), ``level`` (uint8), ``cluster`` (int32, -1 = noise)
 and the hierarchy table along a ``node`` dim: ``node_level``,
 ``node_parent`` (-1 for the root), ``node_cells``, ``node_mass`` (points)
 and ``node_cluster`` (the cluster id of the nodes of the chosen level, -1
 for the others). The store's ``density`` (a classify output) is left as it
 is; the stage attributes record the density where each level starts.
+
+Which cells exist (docs/design.md §3.5). With ``support="reachable"`` on a
+dense grid every cell exists, as above. With ``support="occupied"`` only
+the cells holding points exist: the density filter treats the others as
+:data:`~gridflow.engine.vote.OUTSIDE`, and the levels, the components and
+the hierarchy are those of the occupied cells alone (the root holds them,
+the others are -1 and level 0). A sparse grid (``COO`` chunks) clusters its
+occupied cells the same way with either support (the support only says
+where the density filter is evaluated), so a sparse grid and the dense grid
+with ``support="occupied"`` give the same clusters. On a sparse grid
+``level`` and ``cluster`` store exactly the occupied cells (level 0 and
+noise as explicit entries: the stored coordinates say which cells exist),
+``cluster_density`` the cells the filter reached.
 """
 
 from __future__ import annotations
@@ -43,12 +57,13 @@ import dask.array as da
 import numpy as np
 
 from gridflow import store as store_mod
-from gridflow._types import SEEDS, Boundary, EqualizeMethod, Seed, choices
+from gridflow._types import SEEDS, Boundary, EqualizeMethod, Seed, Support, choices
+from gridflow.backend import ops
 from gridflow.checkpoint import resume_point
-from gridflow.classify import filter_record, parse_boundary, parse_iterations
+from gridflow.classify import filter_record, parse_boundary, parse_iterations, parse_support
 from gridflow.engine.components import LevelSetTree, level_set_tree, parse_connectivity
 from gridflow.engine.equalize import DEFAULT_CUTS, equalize, parse_levels, parse_method
-from gridflow.engine.vote import UNLABELED, run_dask
+from gridflow.engine.vote import OUTSIDE, UNLABELED, run_dask
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel, parse_kernel
 
@@ -58,7 +73,7 @@ log = logging.getLogger(__name__)
 
 #: Variables the cluster stage writes (the hierarchy along the ``node`` dim).
 NODE_VARIABLES = ("node_level", "node_parent", "node_cells", "node_mass", "node_cluster")
-VARIABLES = ("level", "cluster", *NODE_VARIABLES)
+VARIABLES = ("cluster_density", "level", "cluster", *NODE_VARIABLES)
 
 
 @dataclass
@@ -165,6 +180,14 @@ def parse_level(level: int | str, nlevels: int) -> int | None:
     return n
 
 
+def resolve_support(support: Any, sparse: bool) -> str:
+    """The support a run uses: ``"auto"`` is ``"occupied"`` on a sparse grid, else ``"reachable"``."""
+    support = parse_support(support)
+    if support == "auto":
+        return "occupied" if sparse else "reachable"
+    return support
+
+
 def parse_min_cells(min_cells: Any) -> int:
     try:
         n = int(min_cells)
@@ -196,6 +219,7 @@ def cluster(
     seed: Seed = "labels",
     sigma: float | None = None,
     max_iter: int | None = None,
+    support: Support = "auto",
     resume: bool = False,
 ) -> Any:
     """Cluster a grid by the connected components of its equalized density levels.
@@ -238,6 +262,14 @@ def cluster(
     seed : {"labels", "counts"}
         The first density step votes with the occupancy (the reference
         method) or with the number of points per cell.
+    support : {"auto", "reachable", "occupied"}
+        ``"reachable"``: every cell exists and the filter is evaluated
+        wherever a vote reaches (the dense §3.1 filter). ``"occupied"``:
+        only cells holding points exist; the others never vote, have no
+        level and are in no cluster, and the fill reaches occupied cells
+        only. ``"auto"``: occupied on a sparse grid, else reachable (the
+        choice is recorded as ``support``). A sparse grid always clusters
+        its occupied cells.
     resume : bool
         With a store: do nothing when its cluster stage was finished with
         the same parameters, else run (the stage keeps no checkpoint, so
@@ -266,6 +298,8 @@ def cluster(
     method = parse_method(method)
     wanted = parse_level(level, nlevels)
     min_cells = parse_min_cells(min_cells)
+    is_sparse = ops(counts).name == "sparse"
+    support = resolve_support(support, is_sparse)
     params = {
         **filter_record(kernel, k, sigma, iterations, boundary, seed),
         "levels": list(cuts),
@@ -275,6 +309,7 @@ def cluster(
         "connectivity": connectivity,
         "fill": bool(fill),
         "fill_window": fill_window,
+        "support": support,
     }
     if path is not None:
         if resume_point(path, "cluster", params, resume=resume) == "finished":
@@ -282,7 +317,7 @@ def cluster(
     elif resume:
         raise ParameterError("resume: needs a store path; pass the store instead of a Dataset")
     store_mod.warn_if_empty(grid, "cluster")
-    connectivity = parse_connectivity(connectivity, spec.ndim)
+    connectivity = parse_connectivity(connectivity, spec.ndim, sparse=is_sparse)
     if seed not in SEEDS:
         raise ParameterError(f"seed: expected {choices(SEEDS)}, got {seed!r}")
     if max_iter is not None and (int(max_iter) != max_iter or max_iter < 1):
@@ -290,19 +325,39 @@ def cluster(
 
     # 1. Density of the occupancy.
     # Persisted once: the density and the components' mass both read it.
-    (points,) = dask.persist(counts.sum(axis=0, dtype=np.int64))
-    occupied = da.where(points > 0, 0, UNLABELED).astype(np.int32)
-    final = run_dask(
-        occupied,
-        nclasses=1,
-        kernel=k,
-        iterations=n_steps,
-        boundary=boundary,
-        seed_counts=points[None].astype(np.float64) if seed == "counts" else None,
-    )
-    (density,) = dask.persist(final.density)
-    # 2. Levels.
-    eq = equalize(density, levels=cuts, method=method)
+    if is_sparse:
+        points, occupied, exists, seed_counts = _sparse_occupancy(counts, seed)
+        final = run_dask(
+            occupied,
+            nclasses=1,
+            kernel=k,
+            iterations=n_steps,
+            boundary=boundary,
+            seed_counts=seed_counts,
+            support=support,
+        )
+        (density,) = dask.persist(final.density)
+    else:
+        (points,) = dask.persist(counts.sum(axis=0, dtype=np.int64))
+        # support="occupied": the empty cells are OUTSIDE, given here (not by the
+        # engine's support) so that the fill below can keep noise cells existing.
+        exists = points > 0 if support == "occupied" else None
+        empty = UNLABELED if exists is None else OUTSIDE
+        occupied = da.where(points > 0, 0, empty).astype(np.int32)
+        final = run_dask(
+            occupied,
+            nclasses=1,
+            kernel=k,
+            iterations=n_steps,
+            boundary=boundary,
+            seed_counts=points[None].astype(np.float64) if seed == "counts" else None,
+        )
+        density = final.density
+        if exists is not None:
+            density = da.where(exists.rechunk(density.chunks), density, 0.0)
+        (density,) = dask.persist(density)
+    # 2. Levels (over the existing cells).
+    eq = equalize(density, levels=cuts, method=method, exists=exists)
     (lev,) = dask.persist(eq.level)
     # 3. Components of every level, and the clusters of one.
     tree = level_set_tree(
@@ -311,6 +366,7 @@ def cluster(
         nlevels=nlevels,
         connectivity=connectivity,
         periodic=boundary == "periodic",
+        exists=None if is_sparse or exists is None else exists.rechunk(lev.chunks),
     )
     h = hierarchy(tree, min_cells)
     cut = choose_level(h, nlevels) if wanted is None else wanted
@@ -331,8 +387,14 @@ def cluster(
             else parse_kernel(kernel, window=fill_window, ndim=spec.ndim, sigma=sigma)
         )
         limit = max_iter if max_iter is not None else _crossing_steps(spec.shape, kf)
+        seeds = labels
+        if not is_sparse and exists is not None:
+            seeds = da.where(exists.rechunk(labels.chunks), labels, OUTSIDE).astype(np.int32)
+        # A sparse grid's labels store every occupied cell (noise as explicit -1):
+        # with support="occupied" those are the cells that exist.
+        extra = {"support": support} if is_sparse else {}
         filled = run_dask(
-            labels,
+            seeds,
             nclasses=nclusters,
             kernel=kf,
             iterations=None,
@@ -340,12 +402,30 @@ def cluster(
             clamp=True,
             tol=1.0,  # stop at the first step that labels no new cell
             max_iter=limit,
+            **extra,
         )
         labels, fill_steps = filled.labels, filled.step
+        if not is_sparse and exists is not None:
+            labels = da.where(labels >= 0, labels, np.int32(UNLABELED)).astype(np.int32)
 
     chunks = counts.chunks[1:]
-    (lev_out, labels) = dask.persist(lev.rechunk(chunks), labels.rechunk(chunks).astype(np.int32))
-    noise = float((labels < 0).sum().compute()) / labels.size
+    if is_sparse:
+        # No astype: it would drop the explicit level-0 and noise entries.
+        outs = lev.rechunk(chunks), labels.rechunk(chunks), _sparse_float32(density, chunks)
+        (lev_out, labels, dens_out) = dask.persist(*outs)
+        noise = _sparse_noise(labels, points)
+    else:
+        outs = (
+            lev.rechunk(chunks),
+            labels.rechunk(chunks).astype(np.int32),
+            density.rechunk(chunks).astype(np.float32),
+        )
+        (lev_out, labels, dens_out) = dask.persist(*outs)
+        if exists is None:
+            noise = float((labels < 0).sum().compute()) / labels.size
+        else:
+            n_exist, n_noise = dask.compute(exists.sum(), ((labels < 0) & exists).sum())
+            noise = float(n_noise) / max(int(n_exist), 1)
     stage = {
         **params,
         "steps": final.step,
@@ -357,15 +437,103 @@ def cluster(
         "clusters_per_level": h.counts(nlevels).tolist(),
     }
     log.info(
-        "cluster: %d clusters at level %d of %d (%.2f%% of cells noise)",
+        "cluster: %d clusters at level %d of %d (%.2f%% of cells noise, support %s)",
         nclusters,
         cut,
         nlevels,
         100 * noise,
+        support,
     )
-    outputs = _outputs(grid, spec, lev_out, labels, h, node_cluster)
+    outputs = _outputs(grid, spec, dens_out, lev_out, labels, h, node_cluster)
     node = np.arange(len(h), dtype=np.int32)
     return store_mod.apply_stage(grid, path, "cluster", outputs, stage, coords={"node": node})
+
+
+# --- sparse grids ------------------------------------------------------------------------
+
+
+def _sparse_occupancy(counts: da.Array, seed: str) -> tuple[da.Array, ...]:
+    """Points per occupied cell, the occupancy labels, the existing cells, the seed.
+
+    ``points`` stores exactly the occupied cells (int64), ``occupied`` is 0
+    on them (int32, fill -1); both say which cells exist by their coordinates.
+    """
+    import sparse
+
+    ndim = counts.ndim - 1
+    total = counts.sum(axis=0, dtype=np.int64)
+    meta = sparse.COO.from_numpy(np.zeros((0,) * ndim, np.int64))
+    (points,) = dask.persist(total.map_blocks(_stored_positive, dtype=np.int64, meta=meta))
+    label_meta = sparse.COO.from_numpy(np.zeros((0,) * ndim, np.int32), fill_value=np.int32(-1))
+    occupied = points.map_blocks(_occupancy_block, dtype=np.int32, meta=label_meta)
+    seed_counts = None
+    if seed == "counts":
+        seed_meta = sparse.COO.from_numpy(np.zeros((0,) * (ndim + 1), np.float64))
+        seed_counts = points.map_blocks(
+            _seed_block, new_axis=0, chunks=((1,), *points.chunks), dtype=np.float64,
+            meta=seed_meta,
+        )  # fmt: skip
+    return points, occupied, points, seed_counts
+
+
+def _stored_positive(block: Any) -> Any:
+    import sparse
+
+    keep = np.asarray(block.data) > 0
+    return sparse.COO(
+        block.coords[:, keep], np.asarray(block.data)[keep].astype(np.int64), shape=block.shape,
+        fill_value=0, has_duplicates=False, sorted=True,
+    )  # fmt: skip
+
+
+def _occupancy_block(block: Any) -> Any:
+    import sparse
+
+    return sparse.COO(
+        block.coords, np.zeros(block.nnz, np.int32), shape=block.shape,
+        fill_value=np.int32(UNLABELED), has_duplicates=False, sorted=True, prune=False,
+    )  # fmt: skip
+
+
+def _seed_block(block: Any) -> Any:
+    import sparse
+
+    coords = np.concatenate([np.zeros((1, block.nnz), np.int64), block.coords])
+    return sparse.COO(
+        coords, np.asarray(block.data, np.float64), shape=(1, *block.shape), fill_value=0.0,
+        has_duplicates=False, sorted=True,
+    )  # fmt: skip
+
+
+def _sparse_float32(density: da.Array, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+    import sparse
+
+    meta = sparse.COO.from_numpy(np.zeros((0,) * density.ndim, np.float32))
+    return density.rechunk(chunks).map_blocks(_float32_block, dtype=np.float32, meta=meta)
+
+
+def _float32_block(block: Any) -> Any:
+    import sparse
+
+    return sparse.COO(
+        block.coords, np.asarray(block.data).astype(np.float32), shape=block.shape,
+        fill_value=np.float32(block.fill_value), has_duplicates=False, sorted=True, prune=False,
+    )  # fmt: skip
+
+
+def _sparse_noise(labels: da.Array, points: da.Array) -> float:
+    """Fraction of the occupied cells without a cluster."""
+    from gridflow.engine.equalize import existing_cells, values_at
+
+    def count(lab: Any, pts: Any) -> tuple[int, int]:
+        cells = existing_cells(pts)
+        return len(cells), int(np.count_nonzero(values_at(lab, cells) < 0))
+
+    pts = points.rechunk(labels.chunks)
+    pairs = zip(labels.to_delayed().ravel(), pts.to_delayed().ravel(), strict=True)
+    sizes = dask.compute(*[dask.delayed(count)(a, b) for a, b in pairs])
+    cells = sum(c for c, _ in sizes)
+    return sum(n for _, n in sizes) / max(cells, 1)
 
 
 def _crossing_steps(shape: tuple[int, ...], k: Kernel) -> int:
@@ -373,11 +541,16 @@ def _crossing_steps(shape: tuple[int, ...], k: Kernel) -> int:
     return max(100, max(math.ceil(n / max(r, 1)) for n, r in zip(shape, k.radius, strict=True)) + 1)
 
 
-def _outputs(grid, spec, lev, labels, h: Hierarchy, node_cluster: np.ndarray) -> dict[str, Any]:
+def _outputs(
+    grid, spec, density, lev, labels, h: Hierarchy, node_cluster: np.ndarray
+) -> dict[str, Any]:
     import xarray as xr
 
     dims = spec.dims
     return {
+        "cluster_density": xr.Variable(
+            dims, density, attrs={"long_name": "occupancy density the levels were cut from"}
+        ),
         "level": xr.Variable(dims, lev, attrs={"long_name": "equalized density level"}),
         "cluster": xr.Variable(dims, labels, attrs={"long_name": "cluster id, -1 = noise"}),
         "node_level": xr.Variable("node", h.level, attrs={"long_name": "level of the component"}),

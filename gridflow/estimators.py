@@ -25,13 +25,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin, ClusterMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gridflow._types import Boundary, EqualizeMethod, KernelName, Seed
+from gridflow._types import Boundary, EqualizeMethod, KernelName, Layout, Seed, Support
 from gridflow.binning import bin_points
 from gridflow.classify import classify, parse_iterations
 from gridflow.cluster import cluster
 from gridflow.errors import ConvergenceWarning, ParameterError
 from gridflow.grid import GridSpec, parse_bins, parse_bounds, parse_periodic
 from gridflow.predict import predict as predict_grid
+from gridflow.sparse_grid import is_sparse
 from gridflow.store import grid_spec
 
 __all__ = [
@@ -53,25 +54,20 @@ DEFAULT_WINDOW = 3
 MIN_BINS = 4
 MAX_BINS = 4096
 MAX_CELLS = 20_000_000
-#: Most features a default grid is built for. A vote step costs 3**d taps per
-#: cell, and Dask's halo exchange builds a graph that grows about as 7**d:
-#: fitting 10,000 points takes 1 s with 5 features, 3.4 s with 6, 20 s with 7,
-#: and runs out of 16 GB with 8.
-MAX_FEATURES = 6
+#: Most features a default grid is built for. From 4 features the default
+#: grid is a pyramid of sparse grids with a window of 1, whose vote step costs
+#: the neighbour pairs that exist; its kernel still holds one weight per
+#: window offset, 3**d of them: 531,441 at 12 features (4 MiB), while 15
+#: would take 1.7 GB just to build them.
+MAX_FEATURES = 12
+#: From this many features the default grid is the high-dimensional rule of
+#: :func:`default_grid` (window 1, a pyramid of levels, one Parzen vote).
+HIGH_DIM = 4
 
 #: scikit-learn common checks GridClassifier does not pass, with the reason;
 #: pass it as ``expected_failed_checks`` to ``check_estimator`` or
-#: ``parametrize_with_checks``.
-EXPECTED_FAILED_CHECKS: dict[str, str] = {
-    "check_dtype_object": (
-        "fits 10 features; a default grid covers at most 6 (a vote step costs 3**d per "
-        "cell), so fit raises ParameterError asking to reduce the dimension"
-    ),
-    "check_fit2d_1sample": (
-        "fits 1 sample of 10 features; fit raises the ParameterError about too many "
-        "features, not the one-sample error the check looks for"
-    ),
-}
+#: ``parametrize_with_checks``. None since the sparse grids of high dimension.
+EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
 #: Grids of at most this many cells are predicted from an in-memory copy of
@@ -81,8 +77,10 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
 TABLE_CELLS = 2**25
 
 
-def _in_memory(spec: GridSpec) -> bool:
-    return math.prod(spec.bins) <= TABLE_CELLS
+def _in_memory(grid: Any, spec: GridSpec) -> bool:
+    """A small dense grid of one level: predicted from a table of its labels."""
+    levels = grid.attrs.get("gridflow_stages", {}).get("classify", {}).get("levels", 1)
+    return math.prod(spec.bins) <= TABLE_CELLS and levels == 1 and not is_sparse(grid["label"])
 
 
 def _max_bins(n_features: int) -> int:
@@ -130,12 +128,18 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
     (int, int)
         Bins per dim and window radius.
 
+    From 4 features (:data:`HIGH_DIM`) a window of 3 holds ``7**d`` cells
+    and most of them are empty, so the rule changes: ``window = 1`` and
+    ``bins`` a power of two, ``2**round(log2(3 * (n / 2) ** (1 / d)))``
+    (at least 4): fine enough that the densest regions are answered by
+    small cells; :func:`default_levels` adds the coarser levels that answer
+    the rest.
+
     Raises
     ------
     ParameterError
-        With more than 6 features: a dense grid in more dimensions is too
-        costly to filter (the cost of a vote step grows as ``3**d`` per
-        cell); reduce the dimension first (e.g. PCA) or pass ``bins``.
+        With more than 12 features (:data:`MAX_FEATURES`); reduce the
+        dimension first (e.g. PCA) or pass ``bins``.
 
     Examples
     --------
@@ -143,6 +147,8 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
     (135, 3)
     >>> default_grid(10, 2)
     (20, 3)
+    >>> default_grid(1_000_000, 8)
+    (16, 1)
     """
     n, d = int(n_samples), int(n_features)
     if n < 1 or d < 1:
@@ -152,12 +158,44 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
     if d > MAX_FEATURES:
         raise ParameterError(
             f"n_features: {d} features are too many for a default grid (at most {MAX_FEATURES}: "
-            "the cost of a vote step grows as 3**n_features per cell); reduce the dimension "
-            "first (e.g. PCA), or pass bins= to choose the grid yourself"
+            "a window holds 3**n_features cells); reduce the dimension first (e.g. PCA), or "
+            "pass bins= to choose the grid yourself"
         )
+    if d >= HIGH_DIM:
+        bins = 2 ** max(2, round(math.log2(3 * (n / 2) ** (1.0 / d))))
+        return bins, 1
     scale = BINS_SCALE[min(max(d, 2), 3)]
     bins = min(max(round(scale * n ** (1.0 / (d + 4))), MIN_BINS), _max_bins(d))
     return bins, _rule_window((bins,) * d)
+
+
+#: Total vote a level's cell needs to answer a point, per point of the
+#: training set to the power 1/2 (the pyramid's stand-in for k of kNN):
+#: 0.1 * sqrt(n), at least 5 and at most 200.
+MIN_VOTES_SCALE = 0.1
+
+
+def default_levels(n_samples: int, n_features: int, bins: Sequence[int]) -> tuple[int, float]:
+    """Default ``(levels, min_votes)`` of :class:`GridClassifier`.
+
+    Up to 3 features one level (the grid of :func:`default_grid` is fine
+    enough everywhere). From 4, every level down to 4 bins per feature
+    (``log2(min(bins)) - 1`` levels), and a point is answered by the finest
+    level whose cell has a total vote of at least
+    ``clip(0.1 * sqrt(n_samples), 5, 200)``: about the number of training
+    points k-nearest neighbours would ask for.
+
+    Examples
+    --------
+    >>> default_levels(1_000_000, 8, (16,) * 8)
+    (3, 100.0)
+    >>> default_levels(1_000_000, 2, (135, 135))
+    (1, 0.0)
+    """
+    if n_features < HIGH_DIM:
+        return 1, 0.0
+    levels = max(1, int(math.log2(max(min(bins), 1))) - 1)
+    return levels, float(min(max(MIN_VOTES_SCALE * math.sqrt(n_samples), 5.0), 200.0))
 
 
 #: Types of the parameters both estimators take.
@@ -324,13 +362,17 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         bins: _Bins = None,
         window: int | None = None,
         kernel: _Kernel = "inverse_distance",
-        iterations: _Iterations = 3,
+        iterations: _Iterations | None = None,
         boundary: Boundary = "open",
         bounds: Any = None,
         periodic: bool | Sequence[bool] = False,
         clamp: bool = False,
         seed: Seed = "counts",
         chunks: _Chunks = "auto",
+        layout: Layout = "auto",
+        support: Support = "auto",
+        levels: int | None = None,
+        min_votes: float | None = None,
     ) -> None:
         self._keep_params(locals())
 
@@ -353,8 +395,33 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         """
         X, codes = self._validate_fit(X, y)
         spec = self._spec(X)
-        self._fit_grid(X, codes, spec, self._window(X.shape[0], spec), self.iterations)
+        self._fit_grid(X, codes, spec, self._window(X.shape[0], spec), self._iterations(X))
         return self
+
+    def _iterations(self, X: np.ndarray) -> int | str:
+        """``iterations``, or the rule: 3 steps, one (a Parzen vote) from 4 features."""
+        if self.iterations is not None:
+            return self.iterations
+        return 1 if X.shape[1] >= HIGH_DIM else 3
+
+    def _pyramid(self, n_samples: int, spec: GridSpec) -> tuple[int, float]:
+        """``levels`` and ``min_votes``, each given or from :func:`default_levels`."""
+        levels, min_votes = default_levels(n_samples, spec.ndim, spec.bins)
+        if self.levels is not None:
+            levels = self.levels
+            w = self.window if isinstance(self.window, int) else 1
+            fit = _levels_that_fit(spec.bins, w)
+            if levels > fit:
+                warnings.warn(
+                    f"levels: {levels} levels would leave fewer bins than the window's "
+                    f"{2 * w + 1} cells; using {fit}",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                levels = fit
+        if self.min_votes is not None:
+            min_votes = self.min_votes
+        return levels, min_votes
 
     def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, dtype=np.float64)
@@ -372,6 +439,8 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
     def _window(self, n_samples: int, spec: GridSpec) -> int | None:
         if self._window_given():
             return self.window
+        if spec.ndim >= HIGH_DIM:
+            return 1
         return _rule_window(spec.bins)
 
     def _fit_grid(
@@ -382,11 +451,22 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         window: int | None,
         iterations: int | str,
     ) -> None:
-        counts = _bin(X, codes, spec, len(self.classes_), self.chunks)
-        stage = self._keep_grid(self._classify(counts, window, iterations), spec, "classify")
+        counts = _bin(X, codes, spec, len(self.classes_), self.chunks, self.layout)
+        pyramid = self._pyramid(X.shape[0], spec)
+        grid = self._classify(counts, window, iterations, pyramid)
+        stage = self._keep_grid(grid, spec, "classify")
         self.n_iter_ = int(stage["steps"])
+        self.levels_, self.min_votes_ = int(stage["levels"]), float(stage["min_votes"])
+        self.layout_ = "sparse" if is_sparse(grid["counts"]) else "dense"
+        self.support_ = stage["support"]
 
-    def _classify(self, counts: Any, window: int | None, iterations: int | str) -> Any:
+    def _classify(
+        self,
+        counts: Any,
+        window: int | None,
+        iterations: int | str,
+        pyramid: tuple[int, float] = (1, 0.0),
+    ) -> Any:
         return classify(
             counts,
             kernel=self.kernel,
@@ -396,6 +476,9 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
             clamp=self.clamp,
             seed=self.seed,
             probabilities=True,
+            support=self.support,
+            levels=pyramid[0],
+            min_votes=pyramid[1],
         )
 
     # --- prediction -------------------------------------------------------------
@@ -420,7 +503,7 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         """
         X = self._validate_predict(X)
         spec = self.spec_
-        if _in_memory(spec):
+        if _in_memory(self.grid_, spec):
             cells = spec.flat_index(self._clip(X, spec))
             table = self.grid_["probability"].values.reshape(len(self.classes_), -1)
             prob = np.where(cells[:, None] >= 0, table[:, np.maximum(cells, 0)].T, np.nan)
@@ -437,16 +520,20 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
-    def _codes(self, grid: Any, X: np.ndarray) -> np.ndarray:
-        """Class index of each (validated) row of X on ``grid``; unlabeled cells
-        get the majority class."""
+    def _codes(
+        self, grid: Any, X: np.ndarray, levels: int | None = None, min_votes: float | None = None
+    ) -> np.ndarray:
+        """Class index of each (validated) row of X on ``grid`` (answered with
+        ``levels`` and ``min_votes``, default the grid's); unlabeled cells get
+        the majority class."""
         spec = grid_spec(grid)
-        if _in_memory(spec):
+        if _in_memory(grid, spec) and levels in (None, 1):
             cells = spec.flat_index(self._clip(X, spec))
             labels = grid["label"].values.reshape(-1)
             codes = np.where(cells >= 0, labels[np.maximum(cells, 0)], -1)
         else:
-            codes = predict_grid(grid, self._clip(X, spec)).codes
+            found = predict_grid(grid, self._clip(X, spec), levels=levels, min_votes=min_votes)
+            codes = found.codes
         return np.where(codes >= 0, codes, int(np.argmax(self.class_prior_)))
 
     # --- tuning -----------------------------------------------------------------
@@ -478,7 +565,8 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         windows : sequence of int, optional
             Candidate radii. Default: ``w/3, w/2, w, 2w, 3w`` around the
             window ``w`` fit would use (rounded, at least 1, at most what fits
-            the grid): ``1, 2, 3, 6, 9`` for the default ``w = 3``.
+            the grid): ``1, 2, 3, 6, 9`` for the default ``w = 3``; from 4
+            features ``1, 2``.
         iterations : sequence of int or "auto"
             Candidate numbers of vote steps.
         holdout : float, default 0.2
@@ -519,21 +607,38 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
             fit_idx, val_idx = train_test_split(
                 np.arange(len(codes)), test_size=holdout, random_state=random_state
             )
-        counts = _bin(X[fit_idx], codes[fit_idx], spec, len(self.classes_), self.chunks)
+        counts = _bin(
+            X[fit_idx], codes[fit_idx], spec, len(self.classes_), self.chunks, self.layout
+        )
+        pyramid = self._pyramid(len(fit_idx), spec)
         results = []
         for w in candidates_w:
             for it in candidates_i:
                 with warnings.catch_warnings():
                     # A candidate that does not settle is scored as it is.
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    grid = self._classify(counts, w, it)
-                found = self._codes(grid, X[val_idx])
+                    fits = (min(pyramid[0], _levels_that_fit(spec.bins, w)), pyramid[1])
+                    grid = self._classify(counts, w, it, fits)
                 steps = int(grid.attrs["gridflow_stages"]["classify"]["steps"])
-                accuracy = float(np.mean(found == codes[val_idx]))
-                results.append(
-                    {"window": w, "iterations": it, "accuracy": accuracy, "steps": steps}
-                )
-                log.info("tune: window %d, iterations %s: accuracy %.4f", w, it, accuracy)
+                # The pyramid is classified once: fewer levels and other
+                # min_votes only change which level answers a point.
+                for levels, min_votes in _candidate_pyramids(*fits):
+                    found = self._codes(grid, X[val_idx], levels, min_votes)
+                    accuracy = float(np.mean(found == codes[val_idx]))
+                    results.append(
+                        {
+                            "window": w,
+                            "iterations": it,
+                            "levels": levels,
+                            "min_votes": min_votes,
+                            "accuracy": accuracy,
+                            "steps": steps,
+                        }
+                    )
+                    log.info(
+                        "tune: window %d, iterations %s, levels %d, min_votes %g: accuracy %.4f",
+                        w, it, levels, min_votes, accuracy,
+                    )  # fmt: skip
 
         best = min(
             results,
@@ -541,10 +646,12 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
                 -r["accuracy"],
                 r["window"],
                 math.inf if r["iterations"] == "auto" else r["iterations"],
+                r["levels"],
+                r["min_votes"],
             ),
         )
         self.tune_results_ = results
-        self.best_params_ = {"window": best["window"], "iterations": best["iterations"]}
+        self.best_params_ = {k: best[k] for k in ("window", "iterations", "levels", "min_votes")}
         self.set_params(**self.best_params_)
         self._fit_grid(X, codes, spec, best["window"], best["iterations"])
         return self
@@ -560,8 +667,31 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
                     f"windows: expected radii from 1 to {largest} (2w+1 <= bins), got {list(windows)}"
                 )
             return out
+        if spec.ndim >= HIGH_DIM:
+            # A window of 2w+1 cells a dim holds (2w+1)**d: beyond w = 2 the
+            # steps cost more than they can gain (7**6 = 117,649 cells in 6-D).
+            return sorted({1, min(2, largest)})
         w = self._window(n_samples, spec)
         return sorted({min(max(1, round(w * f)), largest) for f in (1 / 3, 1 / 2, 1, 2, 3)})
+
+
+def _levels_that_fit(bins: Sequence[int], window: int) -> int:
+    """Most pyramid levels whose coarsest grid still holds a window of ``2w+1`` cells."""
+    levels = 1
+    while all(-(-b // 2**levels) >= 2 * window + 1 for b in bins):
+        levels += 1
+    return levels
+
+
+def _candidate_pyramids(levels: int, min_votes: float) -> list[tuple[int, float]]:
+    """Candidate ``(levels, min_votes)`` of a grid classified with ``levels``:
+    every number of levels, and ``min_votes`` from a quarter to 4 times the
+    rule's (only the coarser levels' answers change, so all are read from
+    the one classified pyramid)."""
+    if levels == 1:
+        return [(1, 0.0)]
+    votes = sorted({float(min_votes * f) for f in (0.25, 0.5, 1.0, 2.0, 4.0)})
+    return [(1, 0.0)] + [(lv, v) for lv in range(2, levels + 1) for v in votes]
 
 
 def _candidate_iterations(iterations: Sequence[int | str]) -> list[int | str]:
@@ -614,8 +744,17 @@ def _padded_bounds(X: np.ndarray, bins: tuple[int, ...]) -> tuple[tuple[float, f
     return tuple(out)
 
 
-def _bin(X: np.ndarray, codes: np.ndarray, spec: GridSpec, nclasses: int, chunks: Any) -> Any:
-    return bin_points(X, labels=codes, spec=spec, classes=range(nclasses), chunks=chunks)
+def _bin(
+    X: np.ndarray,
+    codes: np.ndarray,
+    spec: GridSpec,
+    nclasses: int,
+    chunks: Any,
+    layout: str = "auto",
+) -> Any:
+    return bin_points(
+        X, labels=codes, spec=spec, classes=range(nclasses), chunks=chunks, layout=layout
+    )
 
 
 # --- clustering ---------------------------------------------------------------------------

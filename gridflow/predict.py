@@ -8,6 +8,19 @@ cell's ``probability`` row. A point with no cell (NaN, infinite, or outside
 the bounds of a non-periodic dim) gets -1; it is counted, never dropped, and
 the output has one row per input row, in input order.
 
+A grid classified with a pyramid (docs/design.md §3.5; the classify stage
+records ``levels`` > 1) is read at every level: a point's level-``l`` cell
+is its level-0 cell ``// 2**l``, and the point is answered by the finest
+level whose cell is labeled with a total vote of at least ``min_votes``,
+else by the coarsest labeled level, else -1. The report then counts the
+points each level answered.
+
+A sparse grid (variables of ``sparse.COO`` chunks) is read the same way,
+chunk by chunk: each chunk needed becomes its sorted row-major cell keys
+once, and the points' cells are found in it by binary search; a cell the
+chunk does not hold reads as the fill (-1: unlabeled). No dense array is
+made.
+
 The grid is never gathered into one process. The labels stay a chunked dask
 array and prediction runs in two passes over the points, on whatever Dask
 scheduler is active:
@@ -45,6 +58,8 @@ from gridflow.backend import to_host
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import BLOCK_ROWS, Block, open_points, read_path
+from gridflow.pyramid import level_bins, level_name, parse_min_votes, parse_pyramid_levels
+from gridflow.sparse_grid import is_sparse, linear_keys
 from gridflow.store import STAGE_VARIABLES, as_grid, grid_spec, refuse_incomplete
 
 __all__ = ["PredictResult", "predict", "predict_to_parquet"]
@@ -78,7 +93,9 @@ class PredictResult:
     report : dict
         ``rows`` = ``predicted`` + ``no_cell`` + ``unlabeled_cell``:
         points that got a label, points with no cell (NaN, infinite or out of
-        range), and points whose cell holds -1.
+        range), and points whose cell holds -1 (at every level). With a
+        pyramid also ``levels``: the points answered by each level, finest
+        first (they sum to ``predicted``).
     variable : str
         The labels variable that was read.
     """
@@ -86,7 +103,7 @@ class PredictResult:
     codes: np.ndarray
     classes: np.ndarray | None
     probability: np.ndarray | None
-    report: dict[str, int]
+    report: dict[str, Any]
     variable: str = "label"
 
     def __len__(self) -> int:
@@ -119,67 +136,203 @@ class PredictResult:
 
 @dataclass(frozen=True)
 class _Locator:
-    """What a task needs to map points to (chunk, cell within chunk)."""
+    """What a task needs to map points to (level, chunk, cell within chunk).
+
+    Chunks are numbered across levels: chunk ``c`` of level ``l`` (C order
+    over that level's chunk grid) is ``offsets[l] + c``, so with one level
+    the ids are the level-0 chunk ids.
+    """
 
     spec: GridSpec
-    edges: tuple[np.ndarray, ...]  # chunk boundaries per dim, from 0 to bins
+    level_edges: tuple[tuple[np.ndarray, ...], ...]  # per level: chunk boundaries per dim
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.level_edges)
+
+    @property
+    def level_nchunks(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(len(e) - 1 for e in edges) for edges in self.level_edges)
 
     @property
     def nchunks(self) -> tuple[int, ...]:
-        return tuple(len(e) - 1 for e in self.edges)
+        """Chunks per dim of level 0."""
+        return self.level_nchunks[0]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        sizes = [math.prod(n) for n in self.level_nchunks]
+        return np.cumsum([0, *sizes], dtype=np.int64)
+
+    def chunk_at(self, c: int) -> tuple[int, tuple[int, ...]]:
+        """The level and chunk index of chunk id ``c``."""
+        offsets = self.offsets
+        level = int(np.searchsorted(offsets, c, side="right") - 1)
+        index = np.unravel_index(c - int(offsets[level]), self.level_nchunks[level])
+        return level, tuple(int(i) for i in index)
+
+
+@dataclass(frozen=True)
+class _Keyed:
+    """A sparse chunk as sorted row-major linear keys and their values: a
+    point's cell is found by binary search (no dense copy of the chunk)."""
+
+    keys: np.ndarray  # uint64, strictly increasing
+    data: np.ndarray
+    fill: Any
+    shape: tuple[int, ...]
+
+    def take(self, coords: np.ndarray) -> np.ndarray:
+        """Values at ``(ndim, n)`` coordinates in the chunk; the fill where absent."""
+        out = np.full(coords.shape[1], self.fill, dtype=self.data.dtype)
+        if len(self.keys) == 0 or coords.shape[1] == 0:
+            return out
+        query = linear_keys(coords, self.shape)
+        pos = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        found = self.keys[pos] == query
+        out[found] = self.data[pos[found]]
+        return out
+
+
+def _keyed(chunk: Any) -> Any:
+    """A ``sparse.COO`` chunk as a :class:`_Keyed` (one task per chunk, shared
+    by every block of points that reads it); a dense chunk as it is."""
+    if not hasattr(chunk, "coords"):
+        return chunk
+    keys = linear_keys(chunk.coords, chunk.shape)
+    if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
+        import sparse
+
+        # Not in canonical order (or with duplicates, which COO sums): make it so.
+        chunk = sparse.COO(
+            chunk.coords,
+            chunk.data,
+            shape=chunk.shape,
+            fill_value=chunk.fill_value,
+            has_duplicates=True,
+            sorted=False,
+        )
+        keys = linear_keys(chunk.coords, chunk.shape)
+    return _Keyed(keys, np.asarray(chunk.data), chunk.fill_value, tuple(chunk.shape))
+
+
+class _Level:
+    """One pyramid level's labels, votes and probabilities, the latter two in
+    chunks that line up with the labels' (one chunk of each per labels chunk)."""
+
+    def __init__(self, labels: da.Array, votes: da.Array | None, probability: da.Array | None):
+        self.labels = labels
+        self.votes = None if votes is None else votes.rechunk(labels.chunks)
+        # One block per labels chunk, all classes in it.
+        self.probability = (
+            None if probability is None else probability.rechunk((-1, *labels.chunks))
+        )
+        self.edges = tuple(np.cumsum((0, *c), dtype=np.int64) for c in labels.chunks)
+        self._graphs: dict[str, Any] = {}
+
+    def chunk(self, which: str, index: tuple[int, ...]) -> Any:
+        """The chunk of ``which`` (labels, votes, probability) at ``index`` as a
+        Delayed sharing the array's key (a sparse one as a :class:`_Keyed`), or None."""
+        arr = getattr(self, which)
+        if arr is None:
+            return None
+        if which not in self._graphs:
+            self._graphs[which] = arr.__dask_graph__()
+        key = (arr.name, 0, *index) if which == "probability" else (arr.name, *index)
+        out = Delayed(key, self._graphs[which], layer=arr.__dask_layers__()[0])
+        if is_sparse(arr):
+            out = dask.delayed(_keyed, pure=True)(out)
+        return out
 
 
 class _Grid:
-    """The labels (and probabilities) of a grid as dask arrays, checked once."""
+    """The labels (and probabilities) of a grid as dask arrays, checked once.
 
-    def __init__(self, ds: Any, variable: str, probabilities: bool) -> None:
+    With a pyramid (``levels > 1``, variable ``label``) every level's
+    ``label_l{l}`` (and ``votes_l{l}``, ``probability_l{l}`` when needed).
+    """
+
+    def __init__(
+        self,
+        ds: Any,
+        variable: str,
+        probabilities: bool,
+        *,
+        levels: Any = None,
+        min_votes: Any = None,
+    ) -> None:
         self.spec = grid_spec(ds)
         self.variable = variable
-        self.labels = _spatial_array(ds, variable, self.spec)
-        if self.labels.dtype.kind not in "iu":
-            raise StoreError(
-                f"store: {variable!r} has dtype {self.labels.dtype}, expected integers "
-                f"(-1 = unlabeled); it is not a labels variable, choose another with variable="
-            )
+        self.nlevels, self.min_votes = _pyramid(ds, variable, levels, min_votes)
         self.classes = None
         if variable not in ID_VARIABLES and "class" in ds.coords:
             self.classes = np.asarray(ds["class"].values)
-        self.probability = None
+        self.levels = [self._level(ds, level, probabilities) for level in range(self.nlevels)]
+        self.labels = self.levels[0].labels
+        self.probability = self.levels[0].probability
+        self.locator = _Locator(self.spec, tuple(lv.edges for lv in self.levels))
+
+    def _level(self, ds: Any, level: int, probabilities: bool) -> _Level:
+        dims = tuple(level_name(d, level) for d in self.spec.dims)
+        shape = level_bins(self.spec.bins, level)
+        name = level_name(self.variable, level)
+        # A missing level-0 labels variable says which stage to run.
+        nlevels = self.nlevels if level else 1
+        labels = _spatial_array(ds, name, dims, shape, level=level, nlevels=nlevels)
+        if labels.dtype.kind not in "iu":
+            raise StoreError(
+                f"store: {name!r} has dtype {labels.dtype}, expected integers "
+                f"(-1 = unlabeled); it is not a labels variable, choose another with variable="
+            )
+        # The coarsest level's votes never change the answer: below min_votes it
+        # still answers as the coarsest labeled level.
+        votes = None
+        if self.min_votes > 0 and level < self.nlevels - 1:
+            votes = _spatial_array(
+                ds, level_name("votes", level), dims, shape, level=level, nlevels=self.nlevels
+            )
+        prob = None
         if probabilities:
-            if "probability" not in ds.data_vars:
-                raise StoreError(
-                    "store: the grid has no 'probability' variable; predict without "
-                    "probabilities, or run `gridflow classify` so that it stores them"
-                )
-            prob = _class_array(ds, "probability", self.spec)
-            # One block per labels chunk, all classes in it.
-            self.probability = prob.rechunk((-1, *self.labels.chunks))
-        self.locator = _Locator(
-            self.spec, tuple(np.cumsum((0, *c), dtype=np.int64) for c in self.labels.chunks)
-        )
-        self._label_graph = self.labels.__dask_graph__()
-        self._prob_graph = None if self.probability is None else self.probability.__dask_graph__()
+            prob = _class_array(
+                ds,
+                level_name("probability", level),
+                dims,
+                shape,
+                level=level,
+                nlevels=self.nlevels,
+            )
+        return _Level(labels, votes, prob)
 
     @property
     def nclasses(self) -> int | None:
         return None if self.probability is None else int(self.probability.shape[0])
 
-    def label_chunk(self, index: tuple[int, ...]) -> Delayed:
-        """The labels chunk at ``index`` as a Delayed sharing the array's key."""
-        return Delayed(
-            (self.labels.name, *index),
-            self._label_graph,
-            layer=self.labels.__dask_layers__()[0],
-        )
 
-    def probability_chunk(self, index: tuple[int, ...]) -> Delayed | None:
-        if self.probability is None:
-            return None
-        return Delayed(
-            (self.probability.name, 0, *index),
-            self._prob_graph,
-            layer=self.probability.__dask_layers__()[0],
-        )
+def _pyramid(ds: Any, variable: str, levels: Any, min_votes: Any) -> tuple[int, float]:
+    """The pyramid levels to read and the votes a level's cell needs: the
+    arguments when given, else the classify stage's record (1 and 0 when
+    it has none). Only the ``label`` variable has a pyramid."""
+    stages = ds.attrs.get("gridflow_stages", {})
+    record = stages.get("classify", {}) if isinstance(stages, Mapping) else {}
+    record = record if isinstance(record, Mapping) else {}
+    try:
+        stored = parse_pyramid_levels(record.get("levels", 1))
+        stored_min = parse_min_votes(record.get("min_votes", 0))
+    except ParameterError as exc:
+        raise StoreError(
+            f"store: the classify stage records an invalid pyramid ({exc}); "
+            "the store's metadata is damaged, rerun `gridflow classify`"
+        ) from None
+    n = stored if levels is None else parse_pyramid_levels(levels)
+    m = stored_min if min_votes is None else parse_min_votes(min_votes)
+    if variable != "label":
+        if levels is not None and n > 1:
+            raise ParameterError(
+                f"levels: only classify's 'label' has a pyramid, got levels={n} with "
+                f"variable={variable!r}; leave levels unset"
+            )
+        return 1, 0.0
+    return n, m
 
 
 def _missing_variable(ds: Any, variable: str) -> StoreError:
@@ -194,31 +347,68 @@ def _missing_variable(ds: Any, variable: str) -> StoreError:
     return StoreError(f"store: the grid has no {variable!r} variable (it has: {have}); {fix}")
 
 
+def _missing_level(ds: Any, variable: str, level: int, nlevels: int) -> StoreError:
+    refuse_incomplete(ds, "label", needed_by="predict")
+    return StoreError(
+        f"store: the grid has no {variable!r} variable, which level {level} of its "
+        f"{nlevels}-level pyramid needs; rerun `gridflow classify` (levels={nlevels}), or "
+        "predict with levels=1 to read level 0 only"
+    )
+
+
 def _as_dask(var: Any) -> da.Array:
     data = var.data
     return data if isinstance(data, da.Array) else da.asarray(data)
 
 
-def _spatial_array(ds: Any, variable: str, spec: GridSpec) -> da.Array:
+def _spatial_array(
+    ds: Any,
+    variable: str,
+    dims: tuple[str, ...],
+    shape: tuple[int, ...],
+    *,
+    level: int = 0,
+    nlevels: int = 1,
+) -> da.Array:
     if variable not in ds.data_vars:
+        if nlevels > 1:
+            raise _missing_level(ds, variable, level, nlevels)
         raise _missing_variable(ds, variable)
     var = ds[variable]
-    if set(var.dims) != set(spec.dims) or var.ndim != spec.ndim:
+    if set(var.dims) != set(dims) or var.ndim != len(dims):
         raise StoreError(
-            f"store: {variable!r} has dims {var.dims}, expected the grid's dims {spec.dims}"
+            f"store: {variable!r} has dims {var.dims}, expected the grid's dims {dims}"
         )
-    arr = _as_dask(var.transpose(*spec.dims))
-    if arr.shape != spec.shape:
-        raise StoreError(f"store: {variable!r} has shape {arr.shape}, the grid has {spec.shape}")
+    arr = _as_dask(var.transpose(*dims))
+    if arr.shape != shape:
+        raise StoreError(f"store: {variable!r} has shape {arr.shape}, the grid has {shape}")
     return arr
 
 
-def _class_array(ds: Any, variable: str, spec: GridSpec) -> da.Array:
+def _class_array(
+    ds: Any,
+    variable: str,
+    dims: tuple[str, ...],
+    shape: tuple[int, ...],
+    *,
+    level: int = 0,
+    nlevels: int = 1,
+) -> da.Array:
+    if variable not in ds.data_vars:
+        if level == 0:
+            raise StoreError(
+                "store: the grid has no 'probability' variable; predict without "
+                "probabilities, or run `gridflow classify` so that it stores them"
+            )
+        raise _missing_level(ds, variable, level, nlevels)
     var = ds[variable]
-    dims = ("class", *spec.dims)
-    if set(var.dims) != set(dims) or var.ndim != len(dims):
-        raise StoreError(f"store: {variable!r} has dims {var.dims}, expected {dims}")
-    return _as_dask(var.transpose(*dims))
+    full = ("class", *dims)
+    if set(var.dims) != set(full) or var.ndim != len(full):
+        raise StoreError(f"store: {variable!r} has dims {var.dims}, expected {full}")
+    arr = _as_dask(var.transpose(*full))
+    if arr.shape[1:] != shape:
+        raise StoreError(f"store: {variable!r} has shape {arr.shape}, expected (class, *{shape})")
+    return arr
 
 
 # --- the points side ----------------------------------------------------------------
@@ -294,24 +484,40 @@ def _coords(part: Any, columns: tuple[str, ...]) -> np.ndarray:
 
 
 def _chunk_of(points: np.ndarray, loc: _Locator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows with a cell, their flat chunk ids, and their cells within the chunk."""
-    cells = loc.spec.cell_index(points)
-    ok = cells[:, 0] >= 0
+    """Rows with a cell, their chunk ids and their cells within the chunk.
+
+    With several levels each row appears once per level (level 0 first):
+    its level-``l`` cell is its level-0 cell ``// 2**l``.
+    """
+    cells0 = loc.spec.cell_index(points)
+    ok = cells0[:, 0] >= 0
     if not ok.all():
         rows = np.flatnonzero(ok)
-        cells = cells[rows]
+        cells0 = cells0[rows]
     else:
-        rows = np.arange(len(cells), dtype=np.int64)
-    chunk = np.empty_like(cells)
-    for i, e in enumerate(loc.edges):
-        size = int(e[1]) if len(e) > 1 else 1
-        if np.array_equal(e[:-1], np.arange(len(e) - 1) * size):  # regular chunks
-            chunk[:, i] = cells[:, i] // size
-        else:
-            chunk[:, i] = np.searchsorted(e, cells[:, i], side="right") - 1
-        cells[:, i] -= e[chunk[:, i]]
-    ids = np.ravel_multi_index(tuple(chunk.T), loc.nchunks) if len(rows) else rows
-    return rows, ids, cells
+        rows = np.arange(len(cells0), dtype=np.int64)
+    offsets = loc.offsets
+    all_ids, all_cells = [], []
+    for level, edges in enumerate(loc.level_edges):
+        cells = cells0 >> level if level else cells0
+        if level == 0 and loc.nlevels > 1:
+            cells = cells0.copy()  # the coarser levels start from it
+        chunk = np.empty_like(cells)
+        for i, e in enumerate(edges):
+            size = int(e[1]) if len(e) > 1 else 1
+            # Regular chunks (the last one may be smaller, never larger).
+            if np.array_equal(e[:-1], np.arange(len(e) - 1) * size) and e[-1] - e[-2] <= size:
+                chunk[:, i] = cells[:, i] // size
+            else:
+                chunk[:, i] = np.searchsorted(e, cells[:, i], side="right") - 1
+            cells[:, i] -= e[chunk[:, i]]
+        nchunks = loc.level_nchunks[level]
+        ids = np.ravel_multi_index(tuple(chunk.T), nchunks) if len(rows) else rows.copy()
+        all_ids.append(ids + offsets[level] if level else ids)
+        all_cells.append(cells)
+    if loc.nlevels == 1:
+        return rows, all_ids[0], all_cells[0]
+    return np.tile(rows, loc.nlevels), np.concatenate(all_ids), np.concatenate(all_cells)
 
 
 def _touched(part: Any, loc: _Locator, columns: tuple[str, ...]) -> tuple[int, np.ndarray]:
@@ -340,30 +546,88 @@ def _locate(part: Any, loc: _Locator, columns: tuple[str, ...], rows_expected: i
     return {int(ids[s]): (rows[s:e], local[s:e]) for s, e in itertools.pairwise(starts)}
 
 
-def _lookup(piece: tuple, labels: Any, probability: Any) -> tuple:
+def _read_cells(chunk: Any, local: np.ndarray) -> np.ndarray:
+    """A chunk's values at ``(n, d)`` cells within it."""
+    if isinstance(chunk, _Keyed):
+        return chunk.take(local.T)
+    return to_host(chunk[tuple(local.T)])
+
+
+def _read_rows(chunk: Any, local: np.ndarray) -> np.ndarray:
+    """A ``(class, *dims)`` chunk's ``(n, class)`` rows at ``(n, d)`` cells within it."""
+    if isinstance(chunk, _Keyed):
+        nclasses, n = chunk.shape[0], len(local)
+        coords = np.vstack([np.repeat(np.arange(nclasses), n)[None, :], np.tile(local.T, nclasses)])
+        return chunk.take(coords).reshape(nclasses, n).T
+    return to_host(chunk[(slice(None), *local.T)]).T
+
+
+def _lookup(piece: tuple, labels: Any, probability: Any, votes: Any = None) -> tuple:
     """The values of one chunk at the cells of one block's rows."""
     rows, local = piece
-    index = tuple(local.T)
-    values = to_host(labels[index]).astype(np.int64, copy=False)
+    values = _read_cells(labels, local).astype(np.int64, copy=False)
     probs = None
     if probability is not None:
-        probs = to_host(probability[(slice(None), *index)]).T.astype(np.float32, copy=False)
-    return rows, values, probs
+        probs = _read_rows(probability, local).astype(np.float32, copy=False)
+    vals = None if votes is None else _read_cells(votes, local).astype(np.float64, copy=False)
+    return rows, values, probs, vals
 
 
-def _assemble(rows: int, nclasses: int | None, pieces: list[tuple]) -> tuple:
-    """A block's predictions in row order, with its share of the report."""
+def _assemble(
+    rows: int,
+    nclasses: int | None,
+    pieces: list[tuple],
+    levels: Sequence[int] = (),
+    nlevels: int = 1,
+    min_votes: float = 0.0,
+) -> tuple:
+    """A block's predictions in row order, with its share of the report.
+
+    Each row is answered by the finest level whose cell is labeled with at
+    least ``min_votes`` votes, else by the coarsest labeled level, else -1.
+    ``levels`` gives each piece's level (all 0 when empty). The stats are
+    ``rows, predicted, no_cell, unlabeled_cell`` and the rows answered per level.
+    """
+    label = np.full((nlevels, rows), -1, dtype=np.int64)
+    good = np.zeros((nlevels, rows), dtype=bool)
+    probs = [
+        None if nclasses is None else np.full((rows, nclasses), np.nan, dtype=np.float32)
+        for _ in range(nlevels)
+    ]
+    in_cell = 0
+    for i, (r, values, p, votes) in enumerate(pieces):
+        level = levels[i] if len(levels) else 0
+        label[level, r] = np.where(values < 0, -1, values)
+        good[level, r] = values >= 0
+        if votes is not None:
+            good[level, r] &= votes >= min_votes
+        if level == 0:
+            in_cell += len(r)
+        if p is not None:
+            probs[level][r] = p
+    labeled = label >= 0
+    # The finest good level, else the coarsest labeled one, else none (-1).
+    answer = np.where(
+        good.any(axis=0),
+        np.argmax(good, axis=0),
+        np.where(labeled.any(axis=0), nlevels - 1 - np.argmax(labeled[::-1], axis=0), -1),
+    )
+    ok = answer >= 0
+    at = np.flatnonzero(ok)
     codes = np.full(rows, -1, dtype=np.int64)
-    probs = None if nclasses is None else np.full((rows, nclasses), np.nan, dtype=np.float32)
-    in_cell = unlabeled = 0
-    for r, values, p in pieces:
-        codes[r] = np.where(values < 0, -1, values)
-        in_cell += len(r)
-        unlabeled += int(np.count_nonzero(values < 0))
-        if probs is not None:
-            probs[r] = p
-    stats = np.array([rows, in_cell - unlabeled, rows - in_cell, unlabeled], dtype=np.int64)
-    return codes, probs, stats
+    codes[at] = label[answer[at], at]
+    prob = probs[0]
+    if prob is not None and nlevels > 1:
+        prob = prob.copy()  # a row no level answers keeps level 0's, as a plain read
+        for level in range(1, nlevels):
+            sel = at[answer[at] == level]
+            prob[sel] = probs[level][sel]
+    predicted = len(at)
+    per_level = np.bincount(answer[at], minlength=nlevels)
+    stats = np.array(
+        [rows, predicted, rows - in_cell, in_cell - predicted, *per_level], dtype=np.int64
+    )
+    return codes, prob, stats
 
 
 def _plan(
@@ -375,30 +639,40 @@ def _plan(
     """Pass 2 as a graph: one ``(codes, probability, stats)`` Delayed per part."""
     token = uuid.uuid4().hex[:8]
     loc = grid.locator
-    label_chunks: dict[int, Delayed] = {}
-    prob_chunks: dict[int, Delayed | None] = {}
+    chunks: dict[int, tuple] = {}
     out = []
     for b, (part, (rows, ids)) in enumerate(zip(parts, touched, strict=True)):
         groups = dask.delayed(_locate, pure=False)(
             part, loc, columns, rows, dask_key_name=f"predict-locate-{token}-{b}"
         )
-        pieces = []
+        pieces, levels = [], []
         for c in ids.tolist():
-            if c not in label_chunks:
-                index = tuple(int(i) for i in np.unravel_index(c, loc.nchunks))
-                label_chunks[c] = grid.label_chunk(index)
-                prob_chunks[c] = grid.probability_chunk(index)
+            if c not in chunks:
+                level, index = loc.chunk_at(c)
+                lv = grid.levels[level]
+                chunks[c] = (
+                    level,
+                    lv.chunk("labels", index),
+                    lv.chunk("probability", index),
+                    lv.chunk("votes", index),
+                )
+            level, labels, probability, votes = chunks[c]
+            args = (groups[c], labels, probability) + (() if votes is None else (votes,))
             pieces.append(
                 dask.delayed(_lookup, pure=False)(
-                    groups[c],
-                    label_chunks[c],
-                    prob_chunks[c],
-                    dask_key_name=f"predict-lookup-{token}-{b}-{c}",
+                    *args, dask_key_name=f"predict-lookup-{token}-{b}-{c}"
                 )
             )
+            levels.append(level)
         out.append(
             dask.delayed(_assemble, pure=False)(
-                rows, grid.nclasses, pieces, dask_key_name=f"predict-assemble-{token}-{b}"
+                rows,
+                grid.nclasses,
+                pieces,
+                levels,
+                grid.nlevels,
+                grid.min_votes,
+                dask_key_name=f"predict-assemble-{token}-{b}",
             )
         )
     return out
@@ -414,14 +688,26 @@ def _first_pass(
 REPORT_KEYS = ("rows", "predicted", "no_cell", "unlabeled_cell")
 
 
-def _report(stats: Sequence[np.ndarray]) -> dict[str, int]:
-    total = np.sum(stats, axis=0) if len(stats) else np.zeros(4, dtype=np.int64)
-    return {k: int(v) for k, v in zip(REPORT_KEYS, total, strict=True)}
+def _report(stats: Sequence[np.ndarray], nlevels: int = 1) -> dict[str, Any]:
+    """The report; with a pyramid also ``levels``: the points each level answered."""
+    width = len(REPORT_KEYS) + nlevels
+    total = np.sum(stats, axis=0) if len(stats) else np.zeros(width, dtype=np.int64)
+    report: dict[str, Any] = {k: int(v) for k, v in zip(REPORT_KEYS, total, strict=False)}
+    if nlevels > 1:
+        report["levels"] = [int(v) for v in total[len(REPORT_KEYS) :]]
+    return report
 
 
-def _stats_row(result: tuple | None) -> pd.DataFrame:
-    stats = np.zeros(4, dtype=np.int64) if result is None else result[2]
-    return pd.DataFrame(stats[None, :], columns=list(REPORT_KEYS))[: 0 if result is None else 1]
+def _stats_columns(nlevels: int) -> list[str]:
+    return [*REPORT_KEYS, *(f"level_{level}" for level in range(nlevels))]
+
+
+def _stats_row(result: tuple | None, nlevels: int = 1) -> pd.DataFrame:
+    width = len(REPORT_KEYS) + nlevels
+    stats = np.zeros(width, dtype=np.int64) if result is None else result[2]
+    return pd.DataFrame(stats[None, :], columns=_stats_columns(nlevels))[
+        : 0 if result is None else 1
+    ]
 
 
 # --- public functions --------------------------------------------------------------
@@ -434,6 +720,8 @@ def predict(
     columns: Sequence[str] | str | None = None,
     variable: str = "label",
     probabilities: bool = False,
+    levels: int | None = None,
+    min_votes: float | None = None,
 ) -> PredictResult:
     """Predict the class of points by reading the grid at their cells.
 
@@ -453,20 +741,31 @@ def predict(
         The labels variable: ``"label"`` (classify), ``"fractal"``, or
         ``"cluster"`` (cluster ids, kept as ids).
     probabilities : bool, default False
-        Also read each point's row of the ``probability`` variable.
+        Also read each point's row of the ``probability`` variable (of the
+        level that answers the point, ``probability_l{l}``, with a pyramid).
+    levels : int, optional
+        Pyramid levels to read (``label``, ``label_l1``, ...); default: the
+        classify stage's ``levels`` (1 when it records none). ``levels=1``
+        reads ``label`` alone.
+    min_votes : float, optional
+        The total vote (``votes``, ``votes_l{l}``) a level's cell needs to
+        answer a point; default: the classify stage's ``min_votes`` (0).
 
     Returns
     -------
     PredictResult
         ``codes``, ``labels`` (class names), ``probability`` and ``report``,
         one row per input row in input order; points with no cell get -1 and
-        are counted in ``report["no_cell"]``.
+        are counted in ``report["no_cell"]``. With a pyramid,
+        ``report["levels"]`` counts the points each level answered.
 
     Raises
     ------
     StoreError
-        The grid lacks ``variable`` (run ``gridflow classify`` first), or
-        ``probability`` when it is requested.
+        The grid lacks ``variable`` (run ``gridflow classify`` first), a
+        level of its pyramid, or ``probability`` when it is requested.
+    ParameterError
+        ``levels`` or ``min_votes`` is invalid.
     InputDataError
         The points lack a coordinate column, or have the wrong number of
         coordinates.
@@ -485,7 +784,7 @@ def predict(
     (-1, 1)
     """
     ds = as_grid(grid)
-    g = _Grid(ds, variable, probabilities)
+    g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes)
     cols = parse_columns(columns, g.spec)
     src = _open_points(points, g.spec, cols, columns is not None)
     touched = _first_pass(src.blocks, g.locator, src.columns)
@@ -496,13 +795,14 @@ def predict(
     else:
         codes = np.empty(0, dtype=np.int64)
         probs = None if g.nclasses is None else np.empty((0, g.nclasses), dtype=np.float32)
-    report = _report([r[2] for r in results])
+    report = _report([r[2] for r in results], g.nlevels)
     log.info(
-        "predicted %s of %s points (%s with no cell, %s in unlabeled cells)",
+        "predicted %s of %s points (%s with no cell, %s in unlabeled cells)%s",
         f"{report['predicted']:,}",
         f"{report['rows']:,}",
         f"{report['no_cell']:,}",
         f"{report['unlabeled_cell']:,}",
+        _levels_note(report),
     )
     return PredictResult(codes, g.classes, probs, report, variable)
 
@@ -516,7 +816,9 @@ def predict_to_parquet(
     variable: str = "label",
     probabilities: bool | None = None,
     overwrite: bool = False,
-) -> dict[str, int]:
+    levels: int | None = None,
+    min_votes: float | None = None,
+) -> dict[str, Any]:
     """Predict points partition by partition and write them, with their
     predictions, to a Parquet dataset.
 
@@ -530,7 +832,7 @@ def predict_to_parquet(
 
     Parameters
     ----------
-    grid, points, columns, variable
+    grid, points, columns, variable, levels, min_votes
         As in :func:`predict`.
     out : path
         Output directory.
@@ -543,7 +845,8 @@ def predict_to_parquet(
     Returns
     -------
     dict
-        The report: ``rows``, ``predicted``, ``no_cell``, ``unlabeled_cell``.
+        The report: ``rows``, ``predicted``, ``no_cell``, ``unlabeled_cell``
+        (and ``levels`` with a pyramid), as :func:`predict` gives it.
 
     Examples
     --------
@@ -555,7 +858,7 @@ def predict_to_parquet(
     ds = as_grid(grid)
     if probabilities is None:
         probabilities = "probability" in ds.data_vars
-    g = _Grid(ds, variable, probabilities)
+    g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes)
     cols = parse_columns(columns, g.spec)
     _open_points(points, g.spec, cols, columns is not None)  # validates the source
     frame = _source_frame(points, cols)
@@ -578,7 +881,9 @@ def predict_to_parquet(
         dask.delayed(_attach, pure=False)(p, r, g.classes, new_columns)
         for p, r in zip(parts, results, strict=True)
     ]
-    meta = _attach(frame._meta, _assemble(0, g.nclasses, []), g.classes, new_columns)
+    meta = _attach(
+        frame._meta, _assemble(0, g.nclasses, [], nlevels=g.nlevels), g.classes, new_columns
+    )
 
     import dask.dataframe as dd
 
@@ -594,15 +899,23 @@ def predict_to_parquet(
         # As a frame too: computing expressions and plain graphs together
         # would materialise the whole DataFrame graph first.
         stats = dd.from_delayed(
-            [dask.delayed(_stats_row, pure=False)(r) for r in results], meta=_stats_row(None)
+            [dask.delayed(_stats_row, pure=False)(r, g.nlevels) for r in results],
+            meta=_stats_row(None, g.nlevels),
         )
         _, stats = dask.compute(write, stats)
-    report = _report(stats.to_numpy())
+    report = _report(stats.to_numpy(), g.nlevels)
     log.info("wrote %s (%s)", out, report)
     return report
 
 
 # --- output helpers ---------------------------------------------------------------
+
+
+def _levels_note(report: Mapping[str, Any]) -> str:
+    if "levels" not in report:
+        return ""
+    counts = ", ".join(f"level {i}: {n:,}" for i, n in enumerate(report["levels"]))
+    return f"; answered by {counts}"
 
 
 def _output_columns(grid: _Grid) -> list[str]:

@@ -32,6 +32,14 @@ Data safety (docs/design.md §4.2) lives here, once, for every command:
   reports;
 - a new store (``bin``) is written into a temporary sibling directory and
   renamed into place when complete.
+
+Sparse variables (dask arrays of ``sparse.COO`` chunks, docs/design.md §3.5)
+are stored as a group per variable of sorted linear keys, values and a
+per-chunk offsets index (:mod:`gridflow.sparse_store`), written by the same
+two writers in the same staging folders, so every rule above holds for them
+too; a stage may replace a dense variable by a sparse one of the same name
+or the reverse. :func:`open_grid` returns them as dask arrays of COO chunks
+beside the dense ones.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -52,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from gridflow import sparse_store
 from gridflow._staging import TEMPORARY, check_output, remove_when_idle, staged_directory
 from gridflow.errors import (
     EmptyGridWarning,
@@ -63,6 +73,7 @@ from gridflow.errors import (
     storage_error,
 )
 from gridflow.grid import GridSpec
+from gridflow.sparse_grid import is_sparse
 
 __all__ = [
     "FORMAT_VERSION",
@@ -77,6 +88,8 @@ __all__ = [
     "refuse_incomplete",
     "require_stage",
     "stage_attrs",
+    "stage_of",
+    "stage_variables",
     "summary",
     "update_attrs",
     "write_new_store",
@@ -92,8 +105,9 @@ FORMAT_VERSION = 1
 #: Variables each stage writes, in the order ``info`` lists them.
 STAGE_VARIABLES = {
     "bin": ("counts",),
-    "classify": ("label", "confidence", "density", "probability"),
+    "classify": ("label", "confidence", "density", "votes", "probability"),
     "cluster": (
+        "cluster_density",
         "level",
         "cluster",
         "node_level",
@@ -105,6 +119,34 @@ STAGE_VARIABLES = {
     ),
     "fractal": ("fractal", "fractal_frames", "fractal_iteration"),
 }
+
+#: Stages that also write their variables per pyramid level ``l >= 1`` as
+#: ``NAME_l{l}`` (docs/design.md §3.5), the level's counts included.
+LEVEL_VARIABLES = {"classify": ("counts", *STAGE_VARIABLES["classify"])}
+_LEVEL = re.compile(r"^(.+)_l[1-9][0-9]*$")
+
+
+def stage_of(variable: str) -> str | None:
+    """The stage that writes ``variable`` (a pyramid level's too), or None."""
+    match = _LEVEL.match(variable)
+    if match is not None:
+        stage = next((s for s, v in LEVEL_VARIABLES.items() if match.group(1) in v), None)
+        if stage is not None:
+            return stage
+    return next((s for s, names in STAGE_VARIABLES.items() if variable in names), None)
+
+
+def stage_variables(stage: str, names: Any) -> list[str]:
+    """The names among ``names`` that ``stage`` writes (pyramid levels included)."""
+    own = STAGE_VARIABLES.get(stage, ())
+    levelled = LEVEL_VARIABLES.get(stage, ())
+    out = []
+    for name in map(str, names):
+        match = _LEVEL.match(name)
+        if name in own or (match is not None and match.group(1) in levelled):
+            out.append(name)
+    return out
+
 
 #: The writer's lock: a folder in the store's root.
 LOCK = "_gridflow_lock"
@@ -131,8 +173,20 @@ def history_line(command: str, params: dict[str, Any]) -> str:
     return f"{now} gridflow {_version()} {command} {json.dumps(params, default=str)}"
 
 
-def counts_dataset(counts: Any, spec: GridSpec, classes: tuple, report: dict[str, Any]) -> Any:
-    """Wrap a ``(class, *dims)`` count array in the store schema."""
+def counts_dataset(
+    counts: Any,
+    spec: GridSpec,
+    classes: tuple,
+    report: dict[str, Any],
+    *,
+    layout: str = "dense",
+    occupied: int | None = None,
+) -> Any:
+    """Wrap a ``(class, *dims)`` count array in the store schema.
+
+    The bin stage's record holds the ``layout`` ("dense" or "sparse") and,
+    when given, the ``occupied`` cells (cells holding at least one point).
+    """
     import xarray as xr
 
     coords: dict[str, Any] = {}
@@ -155,7 +209,13 @@ def counts_dataset(counts: Any, spec: GridSpec, classes: tuple, report: dict[str
         attrs={"long_name": "points per class per cell"},
     )
     # The grid itself is in gridflow_grid; the stage records what is its own.
-    params = {"chunks": [c[0] for c in counts.chunks[1:]], "report": report}
+    params: dict[str, Any] = {
+        "chunks": [c[0] for c in counts.chunks[1:]],
+        "report": report,
+        "layout": layout,
+    }
+    if occupied is not None:
+        params["occupied"] = int(occupied)
     attrs = {
         "gridflow_format": FORMAT_VERSION,
         "gridflow_version": _version(),
@@ -437,6 +497,8 @@ def _write_root(store: str, attrs: Mapping[str, Any]) -> None:
         child = _read_json(meta)
         if child.get("node_type") == "array":
             members[name] = child
+        elif sparse_store.ATTR in (child.get("attributes") or {}):
+            members.update(sparse_store.consolidated_entries(store, name))
     doc["attributes"] = json.loads(json.dumps(dict(attrs), default=str))
     doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": members}
     tmp = f"{root}.{uuid.uuid4().hex}.partial"
@@ -518,7 +580,10 @@ def apply_stage(
     if extra is not None and hasattr(extra, "compute"):
         extra = extra.compute()
     out = {n: variables[n].copy(data=d) for n, d in zip(names, data, strict=True)}
-    stale = [v for v in (*STAGE_VARIABLES.get(stage, ()), *(coords or {})) if v in grid.variables]
+    stale = [
+        *stage_variables(stage, grid.variables),
+        *(c for c in coords or {} if c in grid.variables),
+    ]
     ds = grid.drop_vars(stale).assign_coords(dict(coords or {})).assign(out)
     rec = dict(record(extra)) if record is not None else {}
     ds.attrs = stage_attrs(grid.attrs, stage, params, **rec)
@@ -552,6 +617,9 @@ def write_stage(
     with the consolidated metadata in one atomic step. A failure while
     computing leaves the store as it was; a kill during the swap leaves the
     stage incomplete (reported by ``info``, dropped by :func:`open_grid`).
+    Variables of ``sparse.COO`` chunks are spooled in the same computation
+    and stored as :mod:`gridflow.sparse_store` groups; either layout may
+    replace the other under the same name.
 
     Returns the store opened again and ``extra`` computed.
     """
@@ -567,13 +635,20 @@ def write_stage(
         try:
             os.makedirs(old)
             ds = xr.Dataset(dict(variables), coords=dict(coords or {}))
+            ds, sparse_vars = sparse_store.split(ds)
             enc = _encoding(ds)
             for name, given in (encoding or {}).items():
-                enc[name] = {**enc.get(name, {}), **given}
+                if name in ds.variables:
+                    enc[name] = {**enc.get(name, {}), **given}
             writes = ds.to_zarr(
                 new, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc
             )
-            _, extra = dask.compute(writes, extra)
+            # One computation for the dense writes, the sparse chunks and extra:
+            # what they share (a round's result) is computed once.
+            spools = sparse_store.spool(new, sparse_vars)
+            _, extra, spooled = dask.compute(writes, extra, spools)
+            spooled = sparse_store.spooled_cells(spooled)
+            sparse_store.finish(new, sparse_vars, spooled)
             rec = dict(record(extra)) if record is not None else {}
         except BaseException as exc:
             remove_when_idle(staging_root)
@@ -590,7 +665,7 @@ def write_stage(
             names = [
                 n for n in os.listdir(new) if os.path.isfile(os.path.join(new, n, "zarr.json"))
             ]
-            for name in {*names, *STAGE_VARIABLES.get(stage, ())}:
+            for name in {*names, *stage_variables(stage, os.listdir(store))}:
                 if os.path.exists(os.path.join(store, name)):
                     os.rename(os.path.join(store, name), os.path.join(old, name))
             for name in names:
@@ -629,14 +704,20 @@ def write_new_store(
 
     ``path`` is checked with :func:`check_writable`. The dataset is written
     to a temporary sibling directory (computing any dask arrays chunk by
-    chunk on the active scheduler) and renamed into place only when complete.
+    chunk on the active scheduler; COO-chunked variables as
+    :mod:`gridflow.sparse_store` groups) and renamed into place only when
+    complete.
     """
     path = os.path.abspath(os.fspath(path))
     check_writable(path, overwrite=overwrite, inputs=inputs)
     # Replacing a store: no other gridflow command may be writing it meanwhile.
     held = writer_lock(path) if is_gridflow_store(path) else contextlib.nullcontext()
+    dense, sparse_vars = sparse_store.split(ds)
     with held, staged_directory(path, marker=False) as staging:
-        ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(ds))
+        dense.to_zarr(
+            staging, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(dense)
+        )
+        sparse_store.write(staging, sparse_vars)
         consolidate(staging)
     log.info("wrote %s", path)
 
@@ -647,6 +728,11 @@ def _encoding(ds: Any) -> dict[str, dict[str, Any]]:
 
 def open_grid(path: str | os.PathLike) -> Any:
     """Open a gridflow store as an xarray Dataset of dask arrays.
+
+    Sparse variables (:mod:`gridflow.sparse_store`) are dask arrays of
+    ``sparse.COO`` chunks, each chunk read by one task from its slice of the
+    stored keys; the Dataset has the same names, dims, coords and attrs as
+    a dense one.
 
     Only complete stages are returned: the variables of a stage whose write
     was interrupted are left out, and the stage is named in
@@ -682,8 +768,17 @@ def open_grid(path: str | os.PathLike) -> Any:
     consolidated = isinstance(doc.get("consolidated_metadata"), dict)
     try:
         ds = xr.open_zarr(path, consolidated=consolidated)
+        sparse_vars = {
+            n: sparse_store.read_variable(path, n) for n in sparse_store.sparse_names(path)
+        }
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise StoreError(f"store: cannot open {path}: {exc}; the store is damaged") from None
+    if sparse_vars:
+        # In name order, as Zarr lists a dense store's arrays.
+        found = {n: ds[n].variable for n in ds.data_vars if n not in sparse_vars} | sparse_vars
+        encoding = ds.encoding
+        ds = xr.Dataset({n: found[n] for n in sorted(found)}, coords=ds.coords, attrs=ds.attrs)
+        ds.encoding = encoding
     if "counts" not in ds:
         raise StoreError(f"store: {path} lacks counts; recreate it with `gridflow bin`")
     spec = grid_spec(ds)
@@ -693,7 +788,7 @@ def open_grid(path: str | os.PathLike) -> Any:
             f"{list(ds['counts'].shape[1:])}; the store is damaged, recreate it with `gridflow bin`"
         )
     incomplete = incomplete_stages(ds)
-    drop = [v for s in incomplete for v in STAGE_VARIABLES.get(s, ()) if v in ds.variables]
+    drop = [v for s in incomplete for v in stage_variables(s, ds.variables)]
     return ds.drop_vars(drop) if drop else ds
 
 
@@ -759,7 +854,7 @@ def incomplete_stages(ds: Any) -> list[str]:
 
 def refuse_incomplete(ds: Any, variable: str, *, needed_by: str = "") -> None:
     """Raise when ``variable`` is missing because its stage's write was interrupted."""
-    stage = next((s for s, names in STAGE_VARIABLES.items() if variable in names), None)
+    stage = stage_of(variable)
     if variable not in ds.variables and stage in incomplete_stages(ds):
         require_stage(ds, stage, needed_by=needed_by)
 
@@ -770,6 +865,8 @@ def warn_if_empty(ds: Any, stage: str) -> None:
     report = ds.attrs.get("gridflow_stages", {}).get("bin", {}).get("report", {})
     if isinstance(report, dict) and isinstance(report.get("binned"), int):
         empty = report["binned"] == 0
+    elif is_sparse(ds["counts"]):  # a grid made by hand: count its cells
+        empty = stored_entries(ds["counts"]) == 0
     else:  # a grid made by hand: count (one pass, small beside any stage)
         empty = not bool(ds["counts"].data.any())
     if empty:
@@ -835,6 +932,44 @@ def grid_spec(ds: Any) -> GridSpec:
         raise StoreError("store: no gridflow_grid attribute; not a gridflow dataset") from None
 
 
+def _fraction(part: int, whole: int) -> str:
+    """``part / whole`` as a percentage, with the digits that tell small fractions apart."""
+    f = 100.0 * part / whole if whole > 0 else 0.0
+    return f"{f:.3g}%" if f >= 0.001 or f == 0 else f"{f:.2e}%"
+
+
+def _spatial_cells(block: Any) -> np.ndarray:
+    """Row-major keys of the spatial cells a ``(class, *dims)`` COO chunk stores."""
+    from gridflow.sparse_grid import linear_keys
+
+    return np.unique(linear_keys(block.coords[1:], block.shape[1:]))
+
+
+def occupied_cells(counts: Any) -> int:
+    """Spatial cells holding a point in sparse ``counts`` (class, *dims): one pass over
+    the stored cells, chunk by chunk (the class axis is one chunk)."""
+    import dask
+
+    data = getattr(counts, "data", counts)
+    parts = [
+        dask.delayed(lambda b: int(_spatial_cells(b).size))(b) for b in data.to_delayed().ravel()
+    ]
+    return int(sum(dask.compute(*parts)))
+
+
+def stored_entries(var: Any) -> int:
+    """Cells stored by a sparse variable (the nnz of its COO chunks; a variable
+    read from a store knows it from its metadata)."""
+    import dask
+
+    known = getattr(var, "encoding", {}).get("nnz")
+    if isinstance(known, int):
+        return known
+    data = getattr(var, "data", var)
+    parts = [dask.delayed(lambda b: int(b.nnz))(b) for b in data.to_delayed().ravel()]
+    return int(sum(dask.compute(*parts)))
+
+
 def summary(ds: Any) -> str:
     """A human-readable multi-line summary of a store (``gridflow info``)."""
     spec = grid_spec(ds)
@@ -852,8 +987,22 @@ def summary(ds: Any) -> str:
             f"{'  periodic' if spec.periodic[i] else ''}  chunk {chunk}"
         )
     counts = ds["counts"]
-    lines.append(f"counts: {counts.dtype}, {counts.nbytes / 2**20:.1f} MiB uncompressed")
-    report = stages.get("bin", {}).get("report", {})
+    bin_record = stages.get("bin", {})
+    if is_sparse(counts):
+        occupied = bin_record.get("occupied")
+        if not isinstance(occupied, int):
+            occupied = occupied_cells(counts)
+        lines.append(
+            f"counts: {counts.dtype}, {stored_entries(counts):,} (class, cell) entries stored"
+        )
+        lines.append(
+            f"layout: sparse, {occupied:,} of {spec.ncells:,} cells occupied "
+            f"({_fraction(occupied, spec.ncells)})"
+        )
+    else:
+        lines.append(f"counts: {counts.dtype}, {counts.nbytes / 2**20:.1f} MiB uncompressed")
+        lines.append("layout: dense")
+    report = bin_record.get("report", {})
     per_class = report.get("per_class") or {}
     lines.append(f"classes ({ds.sizes['class']}):")
     for name in ds["class"].values.tolist():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -52,6 +53,23 @@ def gridflow(
         text=True,
         timeout=300,
     )
+
+
+def gridflow_started(*args: object, level: str = "warning") -> subprocess.Popen:
+    """:func:`gridflow` started in the background; :func:`ended` waits for it."""
+    return subprocess.Popen(
+        gridflow_command("--log-level", level, *args),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ended(job: subprocess.Popen) -> subprocess.CompletedProcess:
+    """A background command's end, as :func:`gridflow` reports it."""
+    out, err = job.communicate(timeout=300)
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err)
 
 
 def invoke(*args: object):
@@ -148,16 +166,18 @@ def test_bin_onto_a_full_disk_leaves_nothing(tmp_path, points):
 
 
 def test_classify_on_a_full_disk_in_worker_processes(tmp_path, points):
-    # The chunks are written by tasks in worker processes: their OSError
+    # The chunks are written by tasks in a worker process: their OSError
     # crosses processes, and neither distributed's "Compute Failed" report nor
-    # the cluster's teardown adds a line.
+    # the cluster's teardown adds a line. (One worker process is enough: it
+    # runs a task per core, as two workers together would, and is started,
+    # quieted and torn down as each of them would be.)
     source = tmp_path / "g.zarr"
     bin_points(points, source, bins=64, chunks=16)
     with tmpfs(tmp_path / "full", "1m") as full:
         store = full / "g.zarr"
         subprocess.run(["cp", "-r", str(source), str(store)], check=True)
         fill(full, leave_pages=6)
-        r = gridflow("--workers", 2, "classify", store, "--window", 1, "--iterations", 2)
+        r = gridflow("--workers", 1, "classify", store, "--window", 1, "--iterations", 2)
         failed(r, "no space left", str(store))
         ds = open_grid(store)  # the store keeps its previous state
         assert "classify" not in ds.attrs["gridflow_stages"] and "label" not in ds
@@ -213,7 +233,7 @@ def store(tmp_path, points) -> Path:
     return path
 
 
-def test_damaged_chunk_of_a_store(store):
+def test_damaged_chunk_of_a_store(store, tmp_path):
     chunk = max(
         (p for p in (store / "counts" / "c").rglob("*") if p.is_file()), key=os.path.getsize
     )
@@ -221,12 +241,29 @@ def test_damaged_chunk_of_a_store(store):
     for i in range(8, len(data)):
         data[i] ^= 0x5A
     chunk.write_bytes(bytes(data))
-    for workers in ([], ["--workers", 2]):  # in this process, and in worker processes
-        r = gridflow(*workers, "classify", store, "--window", 1, "--iterations", 1)
-        failed(r, f"cannot read {store}", "chunk is damaged")
-    assert "classify" not in open_grid(store).attrs["gridflow_stages"]
+    contents = sorted(os.listdir(store))
+    # Three runs at once, each on its own copy of the damaged store: in this
+    # process, in a worker process, and in a worker process at the info level.
+    runs = {  # the options before and after "classify STORE --window 1", the log level
+        "here": ([], ["--iterations", 1], "warning"),
+        "worker": (["--workers", 1], ["--iterations", 1], "warning"),
+        "info": (["--workers", 1], [], "info"),
+    }
+    jobs = {}
+    for name, (workers, more, level) in runs.items():
+        copy = tmp_path / f"{name}.zarr"
+        shutil.copytree(store, copy)
+        args = [*workers, "classify", copy, "--window", 1, *more]
+        jobs[name] = copy, gridflow_started(*args, level=level)
+    done = {name: (copy, ended(job)) for name, (copy, job) in jobs.items()}
+    for name in ("here", "worker"):
+        copy, r = done[name]
+        failed(r, f"cannot read {copy}", "chunk is damaged")
+    for copy, _ in done.values():
+        assert "classify" not in open_grid(copy).attrs["gridflow_stages"]
+        assert sorted(os.listdir(copy)) == contents  # no lock, staging or checkpoint left
     # At the default level the log lines stay, and the task's error is still one line.
-    r = gridflow("--workers", 2, "classify", store, "--window", 1, level="info")
+    _, r = done["info"]
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Compute Failed" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: store: cannot read"), r.stderr
@@ -316,7 +353,8 @@ def points3d(tmp_path) -> Path:
 )
 def test_dense_grid_larger_than_the_workers_is_refused(tmp_path, points3d, bins, words):
     store = tmp_path / "g.zarr"
-    r = gridflow("--memory-limit", "2GB", "bin", points3d, store, "--bins", bins)
+    dense = ["--layout", "dense"]  # auto would store it sparse (tests/test_sparse_binning.py)
+    r = gridflow("--memory-limit", "2GB", "bin", points3d, store, "--bins", bins, *dense)
     line = failed(r, "--bins: a dense grid of", *words, "fewer bins", "--memory-limit", "sparse")
     assert "1 worker of 1.9 GiB" in line
     nothing_at(store)
@@ -328,7 +366,10 @@ def test_eight_dims_of_16_bins_is_refused_before_the_data_is_read(tmp_path):
     frame["label"] = pd.Categorical(rng.integers(0, 3, 300))
     frame.to_parquet(tmp_path / "p8.parquet")
     store = tmp_path / "g.zarr"
-    r = gridflow("--memory-limit", "2GB", "bin", tmp_path / "p8.parquet", store, "--bins", 16)
+    r = gridflow(
+        "--memory-limit", "2GB", "bin", tmp_path / "p8.parquet", store, "--bins", 16,
+        "--layout", "dense",
+    )  # fmt: skip
     # Before the pass that finds the classes: one class at least.
     failed(r, "16x16x16x16x16x16x16x16 cells needs at least 16.0 GiB", "1 worker of 1.9 GiB")
     nothing_at(store)
@@ -353,7 +394,7 @@ def test_binning_plans_one_worker(tmp_path, points):
     with pytest.raises(GridTooLargeError, match=r"^chunks: chunks of 8000x8000 cells x 3 classes"):
         plan_binning((8000, 8000), 3, (8000, 8000), memory=mem)
     store = tmp_path / "g.zarr"
-    base = ["--memory-limit", "1GB", "--threads", 1, "bin", points, store]
+    base = ["--memory-limit", "1GB", "--threads", 1, "bin", points, store, "--layout", "dense"]
     failed(invoke(*base, "--bins", 4000, "--strategy", "tree"), "--strategy: the tree strategy")
     failed(invoke(*base, "--bins", 8000, "--chunks", 8000), "--chunks: chunks of 8000x8000")
     nothing_at(store)

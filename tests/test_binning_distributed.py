@@ -26,7 +26,9 @@ def test_grid_larger_than_a_worker_bins_chunk_by_chunk(small_workers, tmp_path):
     limit = min(w["memory_limit"] for w in small_workers.scheduler_info()["workers"].values())
     assert grid_bytes > limit
 
-    ds = bin_points(pts, tmp_path / "big.zarr", labels=labels, spec=spec, classes=range(5))
+    ds = bin_points(
+        pts, tmp_path / "big.zarr", labels=labels, spec=spec, classes=range(5), layout="dense"
+    )
     report = ds.attrs["gridflow_stages"]["bin"]["report"]
     assert report["strategy"] == "chunked"
     assert report["binned"] == n

@@ -25,10 +25,10 @@ def points(rng):
     return pts, labels
 
 
-def _grid(points, path=None, chunks=16):
+def _grid(points, path=None, chunks=16, bins=(48, 40)):
     pts, labels = points
     return bin_points(
-        pts, path, labels=labels, bins=(48, 40), bounds=(0, 1), periodic=True, chunks=chunks
+        pts, path, labels=labels, bins=bins, bounds=(0, 1), periodic=True, chunks=chunks
     )
 
 
@@ -37,9 +37,20 @@ def _initial(ds):
     return np.where(c.sum(0) > 0, c.argmax(0), -1)
 
 
-@pytest.mark.parametrize("chunks", [48, 16, (7, 9), 3])
-def test_classify_equals_the_in_memory_run(points, chunks):
-    ds = _grid(points, chunks=chunks)
+@pytest.mark.parametrize(
+    ("chunks", "bins", "n"),
+    [
+        (48, (48, 40), 4000),
+        (16, (48, 40), 4000),
+        ((7, 9), (48, 40), 4000),
+        # Chunks of 3 cells, as wide as the window: on 24x20 cells with a quarter of
+        # the points (as many per cell, as many cells empty), a quarter of the blocks.
+        (3, (24, 20), 1000),
+    ],
+)
+def test_classify_equals_the_in_memory_run(points, chunks, bins, n):
+    pts, labels = points
+    ds = _grid((pts[:n], labels[:n]), chunks=chunks, bins=bins)
     out = classify(ds, window=3, iterations=4, probabilities=True)
     k = parse_kernel("inverse_distance", window=3, ndim=2)
     labels, density, votes = run_numpy(_initial(ds), nclasses=3, kernel=k, iterations=4)

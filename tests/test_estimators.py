@@ -18,6 +18,7 @@ from gridflow.estimators import (
     GridClusterer,
     default_cluster_grid,
     default_grid,
+    default_levels,
 )
 from gridflow.synth import PointProcess
 
@@ -52,19 +53,34 @@ def moons():
         (10**9, 3, (106, 3)),  # 5.5 * 1e9 ** (1/7) = 106.3
         (10**13, 3, (271, 3)),  # 271**3 < 2e7 < 272**3
         (10**30, 2, (4096, 3)),  # capped per dim
-        (1, 6, (6, 2)),  # 5.5 -> 6 bins; w = 3 would not fit 6 bins: 2
+        (1, 3, (6, 2)),  # 5.5 -> 6 bins; w = 3 would not fit 6 bins: 2
+        # From 4 features: window 1, 2**round(log2(3 * (n / 2) ** (1 / d))) bins.
+        (1_000_000, 4, (64, 1)),  # 3 * 5e5 ** (1/4) = 79.5 -> 2**6
+        (1_000_000, 6, (32, 1)),  # 3 * 5e5 ** (1/6) = 26.7 -> 2**5
+        (1_000_000, 8, (16, 1)),  # 3 * 5e5 ** (1/8) = 15.5 -> 2**4
+        (1_000_000, 10, (8, 1)),  # 3 * 5e5 ** (1/10) = 11.1 = 2**3.48 -> 2**3
+        (1, 6, (4, 1)),  # at least 4 bins
     ],
 )
 def test_default_grid_follows_the_rule(n, d, expected):
     assert default_grid(n, d) == expected
     bins, window = expected
-    assert bins**d <= 2e7 and 2 * window + 1 <= bins
+    assert 2 * window + 1 <= bins
+    if d < 4:
+        assert bins**d <= 2e7
+
+
+def test_default_levels_follow_the_rule():
+    assert default_levels(1_000_000, 8, (16,) * 8) == (3, 100.0)  # 16, 8, 4 bins
+    assert default_levels(100, 5, (8,) * 5) == (2, 5.0)  # at least 5 votes
+    assert default_levels(10**8, 6, (64,) * 6) == (5, 200.0)  # at most 200
+    assert default_levels(10**6, 3, (40,) * 3) == (1, 0.0)  # one level up to 3 features
 
 
 def test_default_grid_refuses_too_many_features():
     with pytest.raises(ParameterError, match="too many"):
-        default_grid(1000, 7)
-    X = np.random.default_rng(0).random((50, 7))
+        default_grid(1000, 13)
+    X = np.random.default_rng(0).random((50, 13))
     with pytest.raises(ParameterError, match="reduce the dimension"):
         GridClassifier().fit(X, np.arange(50) % 2)
 
@@ -190,6 +206,8 @@ def test_tune_picks_the_best_candidate_and_refits(moons):
     assert clf.best_params_ == {
         "window": winners[0]["window"],
         "iterations": winners[0]["iterations"],
+        "levels": 1,  # two features: one level
+        "min_votes": 0.0,
     }
     assert clf.get_params()["window"] == clf.window_ == clf.best_params_["window"]
     assert clf.get_params()["iterations"] == clf.best_params_["iterations"]
@@ -215,6 +233,23 @@ def test_tune_default_candidates_fit_the_grid():
     assert [r["window"] for r in clf.tune_results_] == [1, 2, 3, 4]  # w 3: 1, 2, 3, 6, 9; 2w+1 <= 9
     with pytest.raises(ParameterError, match="windows"):
         GridClassifier(bins=9).tune(X, y, windows=(1, 5))
+
+
+def test_tune_searches_levels_and_min_votes_of_one_classified_pyramid():
+    process = PointProcess(dims=4, classes=3, scale=0.1, seed=5)
+    frame = process.sample(0, 4000)
+    X, y = frame[[f"x{i}" for i in range(4)]].to_numpy(), frame["label"].to_numpy()
+    clf = GridClassifier(**PERIODIC).tune(X, y, iterations=(1,))
+    found = {(r["levels"], r["min_votes"]) for r in clf.tune_results_}
+    levels, min_votes = default_levels(3200, 4, clf.bins_)  # the 80% fit on
+    assert levels > 1 and (1, 0.0) in found
+    assert {(levels, min_votes * f) for f in (0.25, 0.5, 1, 2, 4)} <= found
+    best = max(r["accuracy"] for r in clf.tune_results_)
+    assert (
+        clf.levels_ == clf.best_params_["levels"]
+        and clf.min_votes_ == clf.best_params_["min_votes"]
+    )
+    assert next(r for r in clf.tune_results_ if r["accuracy"] == best)["levels"] == clf.levels_
 
 
 # --- accuracy ------------------------------------------------------------------------
@@ -320,7 +355,7 @@ def test_grid_clusterer_errors():
     with pytest.raises(ParameterError, match="periodic features need their period"):
         GridClusterer(periodic=True).fit(X)
     with pytest.raises(ParameterError, match="too many"):
-        GridClusterer().fit(np.random.default_rng(0).random((50, 7)))
+        GridClusterer().fit(np.random.default_rng(0).random((50, 13)))
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,12 @@ def _wait_for(predicate, timeout=120.0, interval=0.02):
     raise AssertionError("timed out waiting")
 
 
+def _ended(job):
+    """A background process's end, as ``subprocess.run`` reports it."""
+    out, err = job.communicate()
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err)
+
+
 def test_killing_a_worker_mid_classification_changes_nothing(tmp_path, rng):
     pts = rng.random((20000, 2))
     labels = (pts[:, 0] * 4).astype(int) % 4
@@ -49,7 +55,8 @@ def test_killing_a_worker_mid_classification_changes_nothing(tmp_path, rng):
     bin_points(pts, store, labels=labels, bins=64, bounds=(0, 1), periodic=True, chunks=32)
     reference = classify(open_grid(store), window=2, iterations=10, fuse=1)
 
-    with client(workers=4, threads=1) as c:
+    # Two single-threaded workers: one is killed while the other carries on.
+    with client(workers=2, threads=1) as c:
         before = c.run(os.getpid)
         result: dict = {}
         run = threading.Thread(
@@ -80,8 +87,6 @@ def test_sigkilled_run_resumes_bit_identical_without_recomputing_rounds(tmp_path
     config = small_pipeline(tmp_path / "pipeline.yaml", bins=48, chunks=24, iterations=12, fuse=1)
     ref_dir = tmp_path / "reference"
     ref_dir.mkdir()
-    r = CliRunner().invoke(main, ["run", str(config), "--workdir", str(ref_dir)])
-    assert r.exit_code == 0, r.output
 
     work = tmp_path / "killed"
     work.mkdir()
@@ -103,12 +108,20 @@ def test_sigkilled_run_resumes_bit_identical_without_recomputing_rounds(tmp_path
     assert 3 <= done < 12
     assert "classify" not in open_grid(store).attrs["gridflow_stages"]
 
-    again = subprocess.run(
+    # The resumed job runs while this process makes the reference: the same
+    # pipeline run once, uninterrupted, in its own workdir.
+    resumed = subprocess.Popen(
         gridflow_command("run", config, "--workdir", work, "--resume"),
         env=cli_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        r = CliRunner().invoke(main, ["run", str(config), "--workdir", str(ref_dir)])
+    finally:
+        again = _ended(resumed)
+    assert r.exit_code == 0, r.output
     assert again.returncode == 0, again.stderr
     assert "synth: done in an earlier run" in again.stdout
     assert "bin: done in an earlier run" in again.stdout
@@ -161,6 +174,24 @@ sys.argv = ["gridflow", *sys.argv[1:]]
 main()
 """
 
+# A gridflow process whose classify run, once it has checkpointed its first
+# round (mid-run, the writer lock held), waits until the file $RELEASE exists.
+_HOLDER = """
+import os, sys, time
+from gridflow import checkpoint
+save = checkpoint.RoundCheckpoint.save
+def holding_save(self, *args, **kwargs):
+    result = save(self, *args, **kwargs)
+    end = time.monotonic() + 300
+    while not os.path.exists(os.environ["RELEASE"]) and time.monotonic() < end:
+        time.sleep(0.02)
+    return result
+checkpoint.RoundCheckpoint.save = holding_save
+from gridflow.cli import main
+sys.argv = ["gridflow", *sys.argv[1:]]
+main()
+"""
+
 
 def _gridflow(*args, check=True, **kwargs):
     r = subprocess.run(
@@ -180,54 +211,66 @@ def _one_line_error(r, *needles):
     return lines[0]
 
 
-@pytest.fixture
-def points_file(tmp_path):
+@pytest.fixture(scope="module")
+def points_file(tmp_path_factory):
+    """The points every test here bins (read only): written once for the module."""
     from gridflow.synth import write_points
 
-    path = tmp_path / "p.parquet"
+    path = tmp_path_factory.mktemp("points") / "p.parquet"
     write_points(path, 60000, classes=4, seed=4)
     return path
 
 
-def _lone_run(store, args, tmp_path):
-    """A copy of ``store`` that the command ``args`` ran on alone: the reference."""
-    lone = tmp_path / "lone.zarr"
-    shutil.copytree(store, lone)
-    _gridflow(args[0], lone, *args[1:])
-    return lone
-
-
-def _start(store, args):
+def _start(store, args, command=None, **env):
+    """``gridflow args[0] store args[1:]`` started in the background (``command``:
+    another way to start the gridflow command line, e.g. a script that wraps it)."""
     return subprocess.Popen(
-        gridflow_command("--no-progress", args[0], store, *args[1:]),
-        env=cli_env(),
+        [*(command or gridflow_command()), "--no-progress", args[0], str(store), *args[1:]],
+        env=cli_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def _classify_in_background(points_file, tmp_path, *, bins, window, iterations):
-    """A store binned from ``points_file``, the classify command's arguments, the
-    store it makes run alone (the reference), and the same run started on the store."""
+def _classify_in_background(points_file, tmp_path, *, bins, window, iterations, **start):
+    """A store binned from ``points_file``, the classify command's arguments, a
+    copy of the store with the command started on it alone (the reference), and
+    the same command started on the store (``start``: :func:`_start`'s options)."""
     store = tmp_path / "g.zarr"
-    _gridflow("bin", points_file, store, "--bins", str(bins), "--chunks", "48")
+    bin_points(points_file, store, bins=bins, chunks=48)
     args = ["classify", "--window", str(window), "--iterations", str(iterations)]
-    lone = _lone_run(store, args, tmp_path)
-    return store, args, lone, _start(store, args)
+    lone = tmp_path / "lone.zarr"
+    shutil.copytree(store, lone)
+    return store, args, (lone, _start(lone, args)), _start(store, args, **start)
 
 
 def test_two_concurrent_classify_runs_the_second_is_refused(points_file, tmp_path):
-    store, args, lone, first = _classify_in_background(
-        points_file, tmp_path, bins=192, window=6, iterations=24
+    # The first run holds mid-run (after its first checkpointed round, the lock
+    # taken) until the second has been refused: 64 bins in chunks of 48 and 16
+    # step 2 steps of window 6 per round, so 6 iterations make 3 rounds.
+    script = tmp_path / "holder.py"
+    script.write_text(_HOLDER)
+    release = tmp_path / "release"
+    store, args, (lone, alone), first = _classify_in_background(
+        points_file,
+        tmp_path,
+        bins=64,
+        window=6,
+        iterations=6,
+        command=[sys.executable, str(script)],
+        RELEASE=str(release),
     )
     try:
-        _wait_for(lambda: os.path.isdir(store / store_mod.LOCK) or first.poll() is not None)
+        _wait_for(lambda: _marker(store) or first.poll() is not None)
         assert first.poll() is None, first.communicate()
+        assert os.path.isdir(store / store_mod.LOCK)
         second = _gridflow(args[0], store, *args[1:], check=False)
     finally:
-        _, err = first.communicate()
-    assert first.returncode == 0, err
+        release.touch()
+        done, reference = _ended(first), _ended(alone)
+    assert reference.returncode == 0, reference.stderr
+    assert done.returncode == 0, done.stderr
     _one_line_error(second, f"{store} is being written by pid {first.pid} on host", "rm -r")
     assert_same_store(lone, store)
     assert not (store / store_mod.LOCK).exists()
@@ -287,18 +330,20 @@ def test_sigkill_during_the_final_write_never_leaves_a_stage_that_reads_complete
 
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)
-    # Before the first move, amid the moves (each stage makes at least 4), before the marker.
+    # Before the first move, amid the moves (each stage makes at least 4), before the marker:
+    # one copy of the store per point, each killed by its own process (all started at once).
     points = ["0", "2", "root"]
+    killed = {}
+    try:
+        for at in points:
+            store = tmp_path / f"killed-{at}.zarr"
+            shutil.copytree(base, store)
+            command = [sys.executable, str(script)]
+            killed[at] = store, _start(store, rerun, command, KILL_AT=at, STAGE=stage)
+    finally:
+        killed = {at: (store, _ended(job)) for at, (store, job) in killed.items()}
     for at in points:
-        store = tmp_path / f"killed-{at}.zarr"
-        shutil.copytree(base, store)
-        env = cli_env(KILL_AT=at, STAGE=stage)
-        r = subprocess.run(
-            [sys.executable, str(script), "--no-progress", rerun[0], str(store), *rerun[1:]],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        store, r = killed[at]
         assert r.returncode == -signal.SIGKILL, r.stderr
         ds = open_grid(store)
         assert stage not in ds.attrs["gridflow_stages"]  # never complete when it is not
@@ -307,18 +352,28 @@ def test_sigkill_during_the_final_write_never_leaves_a_stage_that_reads_complete
         assert f"{stage} (incomplete" in store_mod.summary(ds)
         if at != "2":
             continue
-        info = _gridflow("info", store)
+        info = CliRunner().invoke(main, ["info", str(store)])
+        assert info.exit_code == 0, info.output
         assert f"{stage} (incomplete" in info.stdout
         if stage == "classify":
-            test = tmp_path / "test.parquet"
-            write_points(test, 500, classes=4, seed=5)
-            refused = _gridflow(
-                "predict", store, test, "--out", tmp_path / "o.parquet", check=False
-            )
-            _one_line_error(refused, "classify stage", "incomplete", "--resume")
-            assert not (tmp_path / "o.parquet").exists()
+            # predict refuses the store as the kill left it (a copy: the rerun
+            # below finishes the store meanwhile).
+            as_killed = tmp_path / "as-killed.zarr"
+            shutil.copytree(store, as_killed)
         # The stale lock of the killed writer is taken over; the rerun finishes it.
-        again = _gridflow(resume[0], store, *resume[1:])
+        rerunning = _start(store, resume)
+        try:
+            if stage == "classify":
+                test = tmp_path / "test.parquet"
+                write_points(test, 500, classes=4, seed=5)
+                refused = _gridflow(
+                    "predict", as_killed, test, "--out", tmp_path / "o.parquet", check=False
+                )
+                _one_line_error(refused, "classify stage", "incomplete", "--resume")
+                assert not (tmp_path / "o.parquet").exists()
+        finally:
+            again = _ended(rerunning)
+        assert again.returncode == 0, again.stderr
         assert "took over the writer lock" in again.stderr
         done = open_grid(store)
         for v in variables:
@@ -347,8 +402,8 @@ def _du(path):
 
 def test_a_full_disk_is_one_line_and_leaves_the_previous_state_readable(points_file, tmp_path):
     base = tmp_path / "base.zarr"
-    _gridflow("bin", points_file, base, "--bins", "160", "--chunks", "40")
-    _gridflow("classify", base, "--window", "1", "--iterations", "1")
+    bin_points(points_file, base, bins=160, chunks=40)
+    classify(base, window=1, iterations=1)
     before = open_grid(base)
     with _tmpfs(tmp_path / "small", _du(base) + 96 * 1024) as disk:
         store = disk / "g.zarr"
@@ -374,7 +429,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_state_readable(points_f
 )
 def test_a_read_only_store_is_one_line_and_unchanged(command, points_file, tmp_path):
     base = tmp_path / "base.zarr"
-    _gridflow("bin", points_file, base, "--bins", "32", "--chunks", "16")
+    bin_points(points_file, base, bins=32, chunks=16)
     with _tmpfs(tmp_path / "ro", 8 * 2**20) as disk:
         store = disk / "g.zarr"
         shutil.copytree(base, store)
@@ -385,7 +440,7 @@ def test_a_read_only_store_is_one_line_and_unchanged(command, points_file, tmp_p
 
 
 def test_sigterm_releases_the_lock_and_resume_finishes_the_run(points_file, tmp_path):
-    store, args, lone, job = _classify_in_background(
+    store, args, (lone, alone), job = _classify_in_background(
         points_file, tmp_path, bins=96, window=2, iterations=30
     )
     try:
@@ -393,6 +448,8 @@ def test_sigterm_releases_the_lock_and_resume_finishes_the_run(points_file, tmp_
         job.send_signal(signal.SIGTERM)  # as SLURM does before preempting a job
     finally:
         _, err = job.communicate()
+        reference = _ended(alone)
+    assert reference.returncode == 0, reference.stderr
     assert job.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert not (store / store_mod.LOCK).exists()  # released: the requeued job need not wait

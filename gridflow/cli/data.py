@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import click
 
-from gridflow._types import BINNING_STRATEGIES, DISTRIBUTIONS
+from gridflow._types import BINNING_STRATEGIES, DISTRIBUTIONS, LAYOUTS
 from gridflow.cli._client import connect
 from gridflow.cli._errors import one_line_errors
 from gridflow.cli._options import LABEL, STORE, choice, overwrite_option, points_option
@@ -117,6 +118,14 @@ def synth(
     help="tree: sum per-partition grids; chunked: group by output chunk.",
 )
 @click.option(
+    "--layout",
+    type=choice(LAYOUTS),
+    default="auto",
+    show_default=True,
+    help="dense: NumPy chunks; sparse: only the occupied cells (high dimensions); auto: sparse "
+    "when the dense counts would not fit memory or fewer than 1 cell in 16 can be occupied.",
+)
+@click.option(
     "--strict", is_flag=True, help="Refuse rows with NaN/inf, out-of-range or bad labels."
 )
 @click.option(
@@ -138,6 +147,7 @@ def bin_(
     periodic: bool | None,
     chunks: str,
     strategy: str,
+    layout: str,
     strict: bool,
     max_classes: int,
     overwrite: bool,
@@ -157,10 +167,19 @@ def bin_(
             periodic=periodic,
             chunks=chunks,
             strategy=strategy,
+            layout=layout,
             strict=strict,
             max_classes=max_classes,
             overwrite=overwrite,
         )
     report = ds.attrs["gridflow_stages"]["bin"]["report"]
     click.echo(BinReport(**report).summary())
+    record = ds.attrs["gridflow_stages"]["bin"]
+    if record.get("layout") == "sparse":
+        cells = math.prod(ds["counts"].shape[1:])
+        occupied = record.get("occupied", 0)
+        click.echo(
+            f"sparse layout: {occupied:,} of {cells:,} cells occupied "
+            f"({100 * occupied / cells:.3g}%)"
+        )
     click.echo(f"wrote {store} in {time.perf_counter() - t0:.1f} s")

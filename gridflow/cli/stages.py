@@ -6,7 +6,7 @@ import time
 
 import click
 
-from gridflow._types import EQUALIZE_METHODS, FILTER_BOUNDARIES, FRACTAL_STARTS
+from gridflow._types import EQUALIZE_METHODS, FILTER_BOUNDARIES, FRACTAL_STARTS, SUPPORTS
 from gridflow.cli._client import connect
 from gridflow.cli._errors import one_line_errors
 from gridflow.cli._options import (
@@ -19,6 +19,15 @@ from gridflow.cli._options import (
     resume_option,
     seed_option,
     window_options,
+)
+
+#: The cells a vote step is evaluated on (classify, cluster).
+SUPPORT = click.option(
+    "--support",
+    type=choice(SUPPORTS),
+    default="auto",
+    show_default=True,
+    help="Cells a step evaluates: reachable from a labeled cell, or occupied only.",
 )
 
 
@@ -49,6 +58,21 @@ from gridflow.cli._options import (
     is_flag=True,
     help="Pick --window and --iterations by accuracy on held-out training points.",
 )
+@SUPPORT
+@click.option(
+    "--levels",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Levels of the resolution pyramid (each halves the bins).",
+)
+@click.option(
+    "--min-votes",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --levels: total vote a level's cell needs to answer a point.",
+)
 @one_line_errors
 def classify_(
     store: str,
@@ -64,6 +88,9 @@ def classify_(
     probabilities: bool,
     resume: bool,
     tune: bool,
+    support: str,
+    levels: int,
+    min_votes: float,
 ) -> None:
     """Fill STORE's grid with labels by iterating the vote filter."""
     from gridflow.classify import classify
@@ -96,6 +123,9 @@ def classify_(
             clamp=clamp,
             probabilities=probabilities,
             resume=resume,
+            support=support,
+            levels=levels,
+            min_votes=min_votes,
         )
     stage = ds.attrs["gridflow_stages"]["classify"]
     last = stage["history"][-1]
@@ -146,6 +176,7 @@ def classify_(
 )
 @click.option("--fill", is_flag=True, help="Give every cell a cluster (no noise).")
 @resume_option("Do nothing if the stage is finished with these parameters.")
+@SUPPORT
 @one_line_errors
 def cluster_(
     store: str,
@@ -162,6 +193,7 @@ def cluster_(
     connectivity: int,
     fill: bool,
     resume: bool,
+    support: str,
 ) -> None:
     """Cluster STORE's grid: density, equalized levels, connected components."""
     from gridflow.cluster import cluster
@@ -184,6 +216,7 @@ def cluster_(
             connectivity=connectivity,
             fill=fill,
             resume=resume,
+            support=support,
         )
     stage = ds.attrs["gridflow_stages"]["cluster"]
     nlevels = len(stage["levels"]) + 1

@@ -26,6 +26,17 @@ The quantiles are exact, not estimated from a sample: every block's distinct
 rounded values are counted, split into key ranges, and merged range by range,
 so no task holds more than about :data:`RANGE_CELLS` distinct values.
 
+``exists`` restricts the equalization to a set of cells (docs/design.md §3.5):
+the ranks, ``n`` and the thresholds count those cells only, as if the others
+were not in the grid. On a dense array it is a boolean mask, and ``level`` is
+0 off it. On a sparse density (a dask array of pydata-sparse ``COO`` chunks)
+the existing cells are the *stored coordinates* of ``exists`` (default: of
+the density itself); a cell the density does not store has its fill value.
+The sparse ``level`` is a ``COO`` uint8 array that stores exactly the
+existing cells, level-0 cells included as explicit zeros (its fill value 0
+says nothing about existence: read the coordinates), so the work and the
+result follow the existing cells, never the grid's volume.
+
 This module works on NumPy and dask arrays; it knows nothing of xarray.
 """
 
@@ -42,6 +53,7 @@ import dask.array as da
 import numpy as np
 
 from gridflow._types import EqualizeMethod
+from gridflow.backend import ops
 from gridflow.errors import InputDataError, ParameterError
 
 __all__ = [
@@ -50,9 +62,11 @@ __all__ = [
     "Equalization",
     "density_keys",
     "equalize",
+    "existing_cells",
     "key_values",
     "levels_of",
     "parse_levels",
+    "values_at",
 ]
 
 
@@ -177,6 +191,10 @@ def _block_unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u, c.astype(np.int64)
 
 
+def _cells(part: tuple[np.ndarray, np.ndarray]) -> int:
+    return int(part[1].sum())
+
+
 def _merge(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct keys of several (keys, counts) pairs with summed counts."""
     keys = np.concatenate([p[0] for p in parts])
@@ -216,13 +234,15 @@ class Equalization:
     Attributes
     ----------
     level : dask.array.Array
-        uint8 level per cell, 0 .. len(cuts).
+        uint8 level per cell, 0 .. len(cuts); 0 off ``exists``. Sparse: ``COO``
+        chunks storing every existing cell (explicit zeros included).
     thresholds : ndarray of int64
         Key of the lowest density of each level 1 .. L-1 (nondecreasing).
     cuts : tuple of float
         The cut quantiles.
     n : int
-        Cells (``method="cells"``) or distinct rounded densities (``"distinct"``).
+        Existing cells (``method="cells"``) or their distinct rounded densities
+        (``"distinct"``).
     """
 
     level: da.Array
@@ -246,13 +266,14 @@ def equalize(
     levels: int | Sequence[float] | str = DEFAULT_CUTS,
     method: EqualizeMethod = "cells",
     digits: int = DIGITS,
+    exists: Any = None,
 ) -> Equalization:
     """Equalize a density into levels, exactly, block by block.
 
     Parameters
     ----------
     density : ndarray or dask.array.Array
-        Float density per cell, finite.
+        Float density per cell, finite; NumPy or pydata-sparse ``COO`` chunks.
     levels : int or sequence of float
         Number of levels ``L`` (cuts at ``i / L``) or the cut quantiles;
         default the reference's 8 levels.
@@ -261,6 +282,11 @@ def equalize(
         (the reference implementation's rule).
     digits : int
         Significant digits two densities must share to count as equal (1 to 15).
+    exists : array, optional
+        The cells to equalize over (default: every cell; for a sparse density,
+        the cells it stores). Dense: a boolean mask of the density's shape.
+        Sparse: a dask array of ``COO`` chunks whose stored coordinates are
+        the existing cells (its values are ignored).
 
     Returns
     -------
@@ -272,24 +298,162 @@ def equalize(
     >>> eq = equalize(np.arange(10.0), levels=2)
     >>> eq.level.compute().tolist()
     [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    >>> mask = np.arange(10) >= 6  # only the last four cells exist
+    >>> equalize(np.arange(10.0), levels=2, exists=mask).level.compute().tolist()
+    [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
     """
     cuts = parse_levels(levels)
     method = parse_method(method)
     if not (isinstance(digits, (int, np.integer)) and 1 <= digits <= 15):
         raise ParameterError(f"digits: expected an integer from 1 to 15, got {digits!r}")
+    digits = int(digits)
     if not isinstance(density, da.Array):
-        density = da.from_array(np.asarray(density, dtype=np.float64), chunks=-1)
-    keys = density.map_blocks(density_keys, int(digits), dtype=np.int64)
-    thresholds, n = _thresholds(keys, cuts, method)
-    level = keys.map_blocks(levels_of, thresholds, dtype=np.uint8)
-    return Equalization(level, thresholds, cuts, method, n, int(digits))
+        chunk = density if ops(density).name == "sparse" else np.asarray(density, np.float64)
+        density = da.from_array(chunk, chunks=-1, asarray=False)
+    if ops(density).name == "sparse":
+        return _equalize_sparse(density, cuts, method, digits, exists)
+    keys = density.map_blocks(density_keys, digits, dtype=np.int64)
+    if exists is None:
+        blocks = keys.to_delayed().ravel().tolist()
+        thresholds, n = _thresholds(blocks, cuts, method, keys.size)
+        level = keys.map_blocks(levels_of, thresholds, dtype=np.uint8)
+        return Equalization(level, thresholds, cuts, method, n, digits)
+    if tuple(np.shape(exists)) != tuple(density.shape):
+        raise ParameterError(
+            f"exists: expected a mask of the density's shape {tuple(density.shape)}, "
+            f"got shape {tuple(np.shape(exists))}"
+        )
+    mask = exists if isinstance(exists, da.Array) else da.from_array(np.asarray(exists))
+    mask = mask.astype(bool).rechunk(keys.chunks)
+    blocks = [
+        dask.delayed(_masked)(k, m)
+        for k, m in zip(
+            keys.to_delayed().ravel().tolist(), mask.to_delayed().ravel().tolist(), strict=True
+        )
+    ]
+    thresholds, n = _thresholds(blocks, cuts, method)
+    level = da.map_blocks(_masked_levels, keys, mask, thresholds, dtype=np.uint8)
+    return Equalization(level, thresholds, cuts, method, n, digits)
 
 
-def _thresholds(keys: da.Array, cuts: tuple[float, ...], method: str) -> tuple[np.ndarray, int]:
-    """The lowest key of each level, from exact per-range distinct counts."""
-    blocks = keys.to_delayed().ravel().tolist()
+def _masked(keys: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return keys[mask]
+
+
+def _masked_levels(keys: np.ndarray, mask: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return np.where(mask, levels_of(keys, thresholds), np.uint8(0))
+
+
+# --- sparse densities: the existing cells only ------------------------------------------
+
+
+def _equalize_sparse(
+    density: da.Array, cuts: tuple[float, ...], method: str, digits: int, exists: Any
+) -> Equalization:
+    import sparse
+
+    if exists is None:
+        exists = density
+    elif not isinstance(exists, da.Array) and ops(exists).name == "sparse":
+        exists = da.from_array(exists, chunks=-1, asarray=False)
+    if not (isinstance(exists, da.Array) and ops(exists).name == "sparse"):
+        raise ParameterError(
+            "exists: a sparse density needs the existing cells as a dask array of sparse.COO "
+            f"chunks (their stored coordinates), got {type(exists).__name__}"
+        )
+    if tuple(exists.shape) != tuple(density.shape):
+        raise ParameterError(
+            f"exists: expected the density's shape {tuple(density.shape)}, "
+            f"got {tuple(exists.shape)}"
+        )
+    block = tuple(max(c, default=0) for c in density.chunks)
+    if math.prod(block) > np.iinfo(np.int64).max:
+        raise ParameterError(
+            f"density: sparse chunks of shape {block} have more cells than int64 keys can "
+            "name; split the grid along more dims"
+        )
+    exists = exists.rechunk(density.chunks)
+    pairs = zip(
+        density.to_delayed().ravel().tolist(), exists.to_delayed().ravel().tolist(), strict=True
+    )
+    blocks = [dask.delayed(_existing_keys)(d, e, digits) for d, e in pairs]
+    thresholds, n = _thresholds(blocks, cuts, method)
+    meta = sparse.COO.from_numpy(np.zeros((0,) * density.ndim, np.uint8))
+    level = da.map_blocks(
+        _sparse_levels, density, exists, thresholds, digits, dtype=np.uint8, meta=meta
+    )
+    return Equalization(level, thresholds, cuts, method, n, digits)
+
+
+def existing_cells(block: Any) -> np.ndarray:
+    """Sorted row-major local keys (int64) of the cells a ``COO`` block stores."""
+    coords = np.asarray(block.coords, dtype=np.int64)
+    keys = (
+        np.ravel_multi_index(tuple(coords), block.shape) if coords.size else np.zeros(0, np.int64)
+    )
+    keys = np.asarray(keys, dtype=np.int64)
+    if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
+        keys = np.unique(keys)
+    return keys
+
+
+def values_at(block: Any, keys: np.ndarray) -> np.ndarray:
+    """The values of a ``COO`` (or dense) block at sorted local ``keys``; its fill elsewhere."""
+    if ops(block).name != "sparse":
+        return np.asarray(block).ravel()[keys]
+    stored = np.asarray(
+        np.ravel_multi_index(tuple(np.asarray(block.coords, np.int64)), block.shape)
+        if block.nnz
+        else np.zeros(0, np.int64),
+        dtype=np.int64,
+    )
+    data = np.asarray(block.data)
+    if len(stored) > 1 and not np.all(stored[1:] > stored[:-1]):
+        order = np.argsort(stored, kind="stable")
+        stored, data = stored[order], data[order]
+    out = np.full(len(keys), block.fill_value, dtype=data.dtype)
+    if len(stored):
+        pos = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
+        hit = stored[pos] == keys
+        out[hit] = data[pos[hit]]
+    return out
+
+
+def _existing_keys(density: Any, exists: Any, digits: int) -> np.ndarray:
+    return density_keys(values_at(density, existing_cells(exists)).astype(np.float64), digits)
+
+
+def _sparse_levels(density: Any, exists: Any, thresholds: np.ndarray, digits: int) -> Any:
+    import sparse
+
+    cells = existing_cells(exists)
+    lev = levels_of(_existing_keys(density, exists, digits), thresholds)
+    coords = np.stack(np.unravel_index(cells, exists.shape)) if len(cells) else None
+    if coords is None:
+        coords = np.zeros((len(exists.shape), 0), np.int64)
+    return sparse.COO(
+        coords.astype(np.int64),
+        lev,
+        shape=exists.shape,
+        fill_value=np.uint8(0),
+        has_duplicates=False,
+        sorted=True,
+        prune=False,
+    )
+
+
+def _thresholds(
+    blocks: list[Any], cuts: tuple[float, ...], method: str, size: int | None = None
+) -> tuple[np.ndarray, int]:
+    """The lowest key of each level, from exact per-range distinct counts.
+
+    ``blocks`` are delayed key arrays (any shape); ``size`` their total number
+    of keys, counted here when not given.
+    """
     uniq = dask.persist(*[dask.delayed(_block_unique)(b) for b in blocks])
-    nranges = max(1, min(len(uniq), math.ceil(keys.size / RANGE_CELLS)))
+    if size is None:
+        size = int(sum(dask.compute(*[dask.delayed(_cells)(u) for u in uniq])))
+    nranges = max(1, min(len(uniq), math.ceil(size / RANGE_CELLS)))
     if nranges == 1:
         ranges = list(dask.persist(dask.delayed(_merge)(list(uniq))))
     else:
@@ -306,10 +470,12 @@ def _thresholds(keys: da.Array, cuts: tuple[float, ...], method: str) -> tuple[n
     sizes = np.array(dask.compute(*[dask.delayed(_summary)(r) for r in ranges]), dtype=np.int64)
     distinct = method == "distinct"
     n = int(sizes[:, 0 if distinct else 1].sum())
+    thresholds = np.full(len(cuts), _EMPTY, dtype=np.int64)
+    if n == 0:  # no cell exists: every level is empty
+        return thresholds, 0
     # Ranks of the first and last key of each range (ranks grow across ranges).
     below = np.concatenate([[0], np.cumsum(sizes[:, 0 if distinct else 1])[:-1]])
     last = below + (sizes[:, 0] if distinct else sizes[:, 1] - sizes[:, 2] + 1)
-    thresholds = np.full(len(cuts), _EMPTY, dtype=np.int64)
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, q in enumerate(cuts):
         reached = np.flatnonzero((sizes[:, 0] > 0) & (last / n >= q))

@@ -25,6 +25,15 @@ not fit the workers' memory together, or when the strategy's peak would
 not fit one worker: the ``tree`` strategy holds a whole grid per thread
 (and a tree step more), the ``chunked`` one a few copies of one output
 chunk per thread.
+
+The layout of the counts (:func:`choose_layout`): ``"auto"`` is sparse when
+the dense counts would not fit (the test :func:`check_dense_grid` makes) or
+when fewer than one cell in :data:`SPARSE_OCCUPANCY` can be occupied (the
+occupied cells are at most the rows read). A sparse grid keeps only the
+keys of its occupied cells: :func:`check_keys` refuses a grid whose
+(class, cell) keys would overflow 64-bit integers, :func:`check_sparse_grid`
+one whose keys would not fit the workers together (:data:`SPARSE_KEY_BYTES`
+per point).
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ __all__ = [
     "BinPlan",
     "MemoryPlan",
     "check_dense_grid",
+    "check_keys",
+    "check_sparse_grid",
+    "choose_layout",
+    "dense_fits",
     "filter_task_bytes",
     "format_bytes",
     "plan_binning",
@@ -285,10 +298,15 @@ def check_dense_grid(
             f"bins: a dense grid of {_cells(shape)} cells{classes} needs {least}"
             f"{format_bytes(grid_bytes)} of counts, more than the workers' memory "
             f"({_workers(mem)}); use fewer bins, or more workers or memory (--workers, "
-            "--memory-limit); a sparse layout for such grids comes in a later release",
+            "--memory-limit), or the sparse layout (--layout sparse, layout='sparse')",
             param="bins",
         )
     return grid_bytes
+
+
+def dense_fits(shape: Sequence[int], nclasses: int, *, memory: Any) -> bool:
+    """Whether :func:`check_dense_grid` accepts the dense counts (without raising)."""
+    return COUNT_BYTES * max(int(nclasses), 1) * math.prod(int(b) for b in shape) <= memory.total
 
 
 def plan_binning(
@@ -341,3 +359,135 @@ def plan_binning(
         )
     log.debug("binning plan: %s", plan.summary())
     return plan
+
+
+# --- sparse binning -----------------------------------------------------------------
+
+#: ``layout="auto"`` is sparse when fewer than one cell in this many can hold a point.
+SPARSE_OCCUPANCY = 16
+#: Fewest cells an ``"auto"`` grid goes sparse at for being mostly empty: a
+#: smaller grid is cheaper dense (its counts take at most 64 MiB a class, and
+#: the dense engine's correlations beat neighbour pairs there), and stays an
+#: ordinary NumPy-backed Dataset.
+SPARSE_MIN_CELLS = 2**24
+#: ... up to this many dims: beyond, a dense step's window of (2w+1)**d cells
+#: (and its halo reaching 3**d - 1 blocks) costs more than the pairs that
+#: exist, so a mostly empty grid is sparse whatever its size.
+SPARSE_MIN_CELLS_DIMS = 3
+#: Bytes sparse binning keeps per distinct (class, cell) key: the key and its count.
+SPARSE_KEY_BYTES = 8 + 8
+#: Largest key (int64) of the binning kernel; the store's keys are uint64.
+MAX_KEY = 2**63 - 1
+
+
+def choose_layout(
+    layout: str, shape: Sequence[int], nclasses: int, *, rows: int | None, memory: Any
+) -> tuple[str | None, str]:
+    """The layout of a grid's counts and why: ``("sparse", reason)``, ``("dense", reason)``.
+
+    ``"dense"`` and ``"sparse"`` are kept. ``"auto"`` is sparse when the dense
+    counts would not fit the workers' memory together (:func:`dense_fits`),
+    or when ``rows`` (the rows read, an upper bound of the occupied cells)
+    is fewer than ``cells / SPARSE_OCCUPANCY`` (in up to 3 dims, only on a
+    grid of at least :data:`SPARSE_MIN_CELLS` cells); dense otherwise. With
+    ``rows=None`` (not counted yet) and dense counts that fit, the layout is
+    None: decide again once the rows are counted.
+
+    Examples
+    --------
+    >>> from gridflow.runtime import ClusterMemory
+    >>> mem = ClusterMemory(2**33, 1, 2**33, 4)
+    >>> choose_layout("auto", (100,) * 6, 3, rows=10**5, memory=mem)[0]
+    'sparse'
+    >>> choose_layout("auto", (400, 400), 3, rows=10**6, memory=mem)[0]
+    'dense'
+    """
+    if layout != "auto":
+        return layout, f"layout={layout!r} was asked for"
+    cells = math.prod(int(b) for b in shape)
+    if not dense_fits(shape, nclasses, memory=memory):
+        grid_bytes = COUNT_BYTES * max(int(nclasses), 1) * cells
+        return "sparse", (
+            f"the dense counts ({format_bytes(grid_bytes)}) would not fit the workers' memory "
+            f"({_workers(memory)})"
+        )
+    if cells < SPARSE_MIN_CELLS and len(shape) <= SPARSE_MIN_CELLS_DIMS:
+        return "dense", f"{cells:,} cells are fewer than {SPARSE_MIN_CELLS:,}: dense is cheaper"
+    if rows is None:
+        return None, "the rows are not counted yet"
+    if rows * SPARSE_OCCUPANCY < cells:
+        return "sparse", (
+            f"at most {rows:,} of the {cells:,} cells can hold a point, fewer than 1 in "
+            f"{SPARSE_OCCUPANCY}"
+        )
+    return "dense", (
+        f"{rows:,} rows can fill 1 in {SPARSE_OCCUPANCY} or more of the {cells:,} cells, and "
+        "the dense counts fit"
+    )
+
+
+def check_keys(
+    shape: Sequence[int],
+    nclasses: int,
+    chunks: Sequence[int] | None = None,
+    *,
+    at_least: bool = False,
+) -> None:
+    """Refuse a sparse grid whose (class, cell) keys would overflow 64-bit integers.
+
+    The binning kernel numbers a cell by its chunk, class and place in the
+    chunk (int64): ``nclasses * prod(ceil(bins / chunks) * chunks)`` keys must
+    stay below 2**63. The store's row-major keys (uint64) need no more.
+    """
+    shape = [int(b) for b in shape]
+    k = max(int(nclasses), 1)
+    keys = k * math.prod(shape)
+    classes = f" x {k} classes" if k > 1 else ""
+    least = "at least " if at_least else ""
+    if keys > MAX_KEY:
+        raise GridTooLargeError(
+            f"bins: a grid of {_cells(shape)} cells{classes} has {least}{keys:.3g} (class, cell) "
+            f"keys, more than a 64-bit key can number ({MAX_KEY:.3g}); use fewer bins or dims",
+            param="bins",
+        )
+    if chunks is not None:
+        padded = k * math.prod(-(-b // int(c)) * int(c) for b, c in zip(shape, chunks, strict=True))
+        if padded > MAX_KEY:
+            raise GridTooLargeError(
+                f"chunks: chunks of {_cells(chunks)} cells pad the grid of {_cells(shape)} "
+                f"cells{classes} to {padded:.3g} keys, more than a 64-bit key can number "
+                f"({MAX_KEY:.3g}); use chunks that divide the bins, or fewer bins or dims",
+                param="chunks",
+            )
+
+
+def check_sparse_grid(rows: int | None, nclasses: int, shape: Sequence[int], *, memory: Any) -> int:
+    """Refuse a sparse binning whose keys would not fit the workers; returns their bytes.
+
+    Until the counts are assembled the binning keeps every distinct
+    (class, cell) key of the points with its count on the workers
+    (:data:`SPARSE_KEY_BYTES`; at most one key per row read, spread over the
+    groups of output chunks being merged), so the keys of ``rows`` points
+    must fit the workers' memory together. ``rows=None`` (not counted yet)
+    checks nothing and returns 0.
+
+    Examples
+    --------
+    >>> from gridflow.runtime import ClusterMemory
+    >>> check_sparse_grid(10**6, 3, (100,) * 6, memory=ClusterMemory(2**33, 1, 2**33, 4))
+    16000000
+    """
+    if rows is None:
+        return 0
+    mem = memory
+    entries = min(int(rows), max(int(nclasses), 1) * math.prod(int(b) for b in shape))
+    keys_bytes = SPARSE_KEY_BYTES * entries
+    if keys_bytes > mem.total:
+        raise GridTooLargeError(
+            f"bins: a sparse grid of {rows:,} points keeps up to {format_bytes(keys_bytes)} of "
+            f"keys while binning ({SPARSE_KEY_BYTES} bytes per point), more than the workers' "
+            f"memory ({_workers(mem)}); bin fewer points, or use more workers or memory "
+            "(--workers, --memory-limit)",
+            param="bins",
+        )
+    return keys_bytes

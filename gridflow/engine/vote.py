@@ -40,6 +40,7 @@ from gridflow.engine.correlate import correlate, method_cost
 from gridflow.engine.rounds import StepCost, fusion_factor, run_rounds
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel
+from gridflow.sparse_grid import is_sparse
 
 __all__ = [
     "OUTSIDE",
@@ -182,6 +183,9 @@ def fused_steps(
     dens = density
     votes = None
     interior = tuple(slice(d, s - d) for d, s in zip(depth, labels.shape, strict=True))
+    # OUTSIDE cells inside the block (support="occupied") have no density or votes.
+    absent = ~exists[interior]
+    absent = absent if bool(absent.any()) else None
     # Per step: cells of this block that changed label, and that are labeled,
     # kept in the first cells of two planes (a block has at least `steps` cells).
     changed = xp.zeros(cur[interior].size)
@@ -215,7 +219,10 @@ def fused_steps(
         changed[s] = xp.count_nonzero(new[interior] != cur[interior])
         labeled[s] = xp.count_nonzero(new[interior] >= 0)
         cur = new
-        step_density = total[interior] / 10.0 ** (first_step + s - 1)
+        step_total = total[interior]
+        if absent is not None:
+            step_total = xp.where(absent, 0.0, step_total)
+        step_density = step_total / 10.0 ** (first_step + s - 1)
         dens = step_density if dens is None else dens + step_density
     shape = cur[interior].shape
     out = [
@@ -225,7 +232,8 @@ def fused_steps(
         labeled.reshape(shape)[None],
     ]
     if final_votes:
-        out.append(votes[(slice(None), *interior)])
+        last = votes[(slice(None), *interior)]
+        out.append(last if absent is None else xp.where(absent, 0.0, last))
     return xp.concatenate(out, axis=0)
 
 
@@ -345,6 +353,7 @@ def run_dask(
     materialise: Callable[[RoundState, Any], tuple[RoundState, np.ndarray]] | None = None,
     history: list[dict[str, float]] | None = None,
     seed_counts: da.Array | None = None,
+    support: str = "reachable",
 ) -> FinalRound:
     """The vote filter on a dask array: rounds of fused steps with ``map_overlap`` halos.
 
@@ -359,14 +368,31 @@ def run_dask(
     labeled). ``seed_counts`` (nclasses, *dims) replaces the one-hot labels
     in the first step (``seed="counts"``, docs/design.md §3.1). The last round is
     returned lazily, with the votes of its last step.
+
+    ``support="occupied"``: only the cells labeled in ``labels`` exist, the
+    others are :data:`OUTSIDE` (never vote, never labeled, no density or
+    votes). Labels as COO chunks run the sparse engine
+    (:mod:`gridflow.engine.sparse`), with the same results.
     """
     check_window(kernel, labels.shape)
-    # Every chunk must hold at least one step's halo: merge smaller ones.
-    chunks = tuple(
-        ensure_minimum_chunksize(max(r, 1), c)
-        for r, c in zip(kernel.radius, labels.chunks, strict=True)
-    )
+    if support not in ("reachable", "occupied"):
+        raise ParameterError(f"support: expected 'reachable' or 'occupied', got {support!r}")
+    sparse_ = is_sparse(labels)
+    if sparse_:
+        from gridflow.engine import sparse as sparse_engine
+
+        sparse_engine.check_kernel(kernel)
+        chunks = sparse_engine.run_chunks(labels.chunks, kernel.radius)
+    else:
+        # Every chunk must hold at least one step's halo: merge smaller ones.
+        chunks = tuple(
+            ensure_minimum_chunksize(max(r, 1), c)
+            for r, c in zip(kernel.radius, labels.chunks, strict=True)
+        )
     labels = labels.rechunk(chunks).astype(np.int32)
+    occupied = support == "occupied"
+    if occupied and not sparse_:
+        labels = da.where(labels == UNLABELED, OUTSIDE, labels)
     materialise = materialise or persist_round
     history = [] if history is None else history
     fixed = labels if clamp else None
@@ -382,21 +408,34 @@ def run_dask(
     ncells = math.prod(labels.shape)
     if seed_counts is not None:
         seed_counts = seed_counts.rechunk(((seed_counts.shape[0],), *chunks))
-    args = (fixed, nclasses, kernel, method, boundary, seed_counts)
     whole = _whole_periodic(chunks, boundary)
     cost = step_cost(kernel, nclasses, tuple(min(c) for c in chunks), method)
     # Cells labeled after the previous step (exact counts; a resumed run's from its history).
     labeled_before = history[-1]["labeled"] * ncells if history else None
 
+    def one_round(state: RoundState, steps: int, final_votes: bool = False) -> da.Array:
+        if sparse_:
+            return sparse_engine.round_(
+                state, labels if occupied else None, fixed, nclasses, kernel, boundary,
+                seed_counts, steps, final_votes,
+            )  # fmt: skip
+        args = (fixed, nclasses, kernel, method, boundary, seed_counts)
+        return _round(state, *args, steps, final_votes=final_votes)
+
+    def labels_of(out: da.Array) -> da.Array:
+        return sparse_engine.labels_of(out[0]) if sparse_ else out[0].astype(np.int32)
+
     def plan(done: int, remaining: int) -> int:
-        steps = fusion_factor(chunks, kernel.radius, remaining, cost, whole=whole)
+        if sparse_:
+            steps = sparse_engine.plan_steps(chunks, kernel.radius, remaining)
+        else:
+            steps = fusion_factor(chunks, kernel.radius, remaining, cost, whole=whole)
         return steps if fuse is None else min(steps, fuse)
 
     def advance(state: RoundState, steps: int) -> tuple[RoundState, np.ndarray]:
-        out = _round(state, *args, steps)
+        out = one_round(state, steps)
         return materialise(
-            RoundState(state.step + steps, out[0].astype(np.int32), out[1]),
-            _block_stats(out, steps),
+            RoundState(state.step + steps, labels_of(out), out[1]), _block_stats(out, steps)
         )
 
     def settled(state: RoundState, counts: np.ndarray, steps: int) -> int | None:
@@ -420,10 +459,20 @@ def run_dask(
         settled=settled,
         open_ended=iterations is None,
     )
-    out = _round(state, *args, steps, final_votes=True)
+    out = one_round(state, steps, final_votes=True)
     # A round that stopped the run was materialised, its steps recorded.
     recorded = bool(history) and history[-1]["step"] >= state.step + steps
-    return _final(state, out, steps, None if recorded else _block_stats(out, steps))
+    final = FinalRound(
+        state.step + steps,
+        labels_of(out),
+        out[1],
+        out[4:],
+        None if recorded else _block_stats(out, steps),
+        state.step + 1,
+    )
+    if occupied and not sparse_:
+        final.labels = da.where(final.labels == OUTSIDE, UNLABELED, final.labels)
+    return final
 
 
 def step_cost(
@@ -448,12 +497,6 @@ def history_entries(first_step: int, counts: np.ndarray, ncells: int) -> list[di
         {"step": first_step + s, "changed": float(c) / ncells, "labeled": float(n) / ncells}
         for s, (c, n) in enumerate(zip(counts[0], counts[1], strict=True))
     ]
-
-
-def _final(state: RoundState, out: da.Array, steps: int, stats: Any) -> FinalRound:
-    return FinalRound(
-        state.step + steps, out[0].astype(np.int32), out[1], out[4:], stats, state.step + 1
-    )
 
 
 def _round(
@@ -528,13 +571,17 @@ def _block_stats(out: da.Array, steps: int) -> da.Array:
     nblocks = planes.numblocks[1:]
     # Each block gives (2, 1, ..., 1, steps): its counts in the last dim.
     chunks = ((2,), *(((1,) * n) for n in nblocks[:-1]), (steps,) * nblocks[-1])
-    firsts = planes.map_blocks(_first_cells, steps, chunks=chunks, dtype=np.float64)
+    firsts = planes.map_blocks(
+        _first_cells, steps, chunks=chunks, dtype=np.float64, meta=np.empty((0,) * planes.ndim)
+    )
     per_last = firsts.sum(axis=tuple(range(1, planes.ndim - 1)))
     return per_last.reshape(2, nblocks[-1], steps).sum(axis=1)
 
 
-def _first_cells(block: np.ndarray, steps: int) -> np.ndarray:
-    first = block.reshape(2, -1)[:, :steps]
+def _first_cells(block: Any, steps: int) -> np.ndarray:
+    first = block.reshape((2, -1))[:, :steps]
+    if hasattr(first, "todense"):  # a COO block (the sparse engine)
+        first = first.todense()
     return first.reshape((2,) + (1,) * (block.ndim - 2) + (steps,))
 
 

@@ -22,7 +22,9 @@ from gridflow._types import (
     FRACTAL_METHODS,
     FRACTAL_STARTS,
     KERNEL_NAMES,
+    LAYOUTS,
     SEEDS,
+    SUPPORTS,
 )
 from gridflow.errors import GridflowError, ParameterError
 from gridflow.pipeline.schema import (
@@ -108,6 +110,7 @@ _FILTER_PARAMS = {
     "boundary": Choice(*BOUNDARIES),
     "seed": Choice(*SEEDS),
     "max_iter": POSITIVE,
+    "support": Choice(*SUPPORTS),
 }
 _FILTER_RULES = (
     rule(_window_kernel, "kernel", "window", "sigma"),
@@ -349,6 +352,7 @@ STAGES: dict[str, Stage] = {
         {
             "input": Str(),
             "strategy": Choice(*BINNING_STRATEGIES),
+            "layout": Choice(*LAYOUTS),
             "strict": Bool(),
             "max_classes": POSITIVE,
         },
@@ -367,9 +371,16 @@ STAGES: dict[str, Stage] = {
             "method": Choice(*CORRELATION_METHODS),
             "fuse": POSITIVE,
             "chunks": Either(Choice("auto"), INTS),
+            "levels": POSITIVE,
+            "min_votes": Float(min=0),
         },
         order=20,
-        rules=(*_FILTER_RULES, rule("gridflow.classify:parse_tol", "tol")),
+        rules=(
+            *_FILTER_RULES,
+            rule("gridflow.classify:parse_tol", "tol"),
+            rule("gridflow.pyramid:parse_pyramid_levels", "levels"),
+            rule("gridflow.pyramid:parse_min_votes", "min_votes"),
+        ),
     ),
     "cluster": grid_stage(
         "cluster",

@@ -73,9 +73,19 @@ def test_every_method_gives_the_same_bits(kernel, rng):
 
 @pytest.mark.parametrize("kernel", ["inverse_distance", "box", "gaussian"])
 @pytest.mark.parametrize("boundary", ["periodic", "open"])
-@pytest.mark.parametrize("chunks", [(30, 40), (7, 11), (2, 3), (13, 40)])
-def test_distributed_equals_in_memory_bit_for_bit(kernel, boundary, chunks, rng):
-    labels = _random_labels(rng, (30, 40), 4, fill=0.05)
+@pytest.mark.parametrize(
+    ("shape", "chunks"),
+    [
+        ((30, 40), (30, 40)),
+        ((30, 40), (7, 11)),
+        # Chunks of 2x3 cells, the last column of them 1 cell wide as on a 30x40
+        # grid: on 12x16 cells, a fifth of the blocks.
+        ((12, 16), (2, 3)),
+        ((30, 40), (13, 40)),
+    ],
+)
+def test_distributed_equals_in_memory_bit_for_bit(kernel, boundary, shape, chunks, rng):
+    labels = _random_labels(rng, shape, 4, fill=0.05)
     k = parse_kernel(kernel, window=2, ndim=2)
     ref = run_numpy(labels, nclasses=4, kernel=k, iterations=5, boundary=boundary)
     got = run_dask(

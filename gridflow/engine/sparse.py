@@ -1,0 +1,565 @@
+"""The vote filter on sparse grids: dask arrays of COO chunks (docs/design.md §3.5).
+
+A sparse round is the dense round of :mod:`gridflow.engine.vote` on the
+cells that exist: ``map_overlap`` brings each COO block its halo (``f * w``
+deep along the split dims, none along the dims held whole, which wrap inside
+the block when periodic), and :func:`_round_block` runs ``f`` steps on it.
+
+- ``support="reachable"``: a step is evaluated on every cell whose window
+  holds a labeled cell (the dilation of the labeled set, computed one dim at
+  a time on sorted keys). Outside it the dense grid has no vote either, so
+  labels, density and votes equal the dense engine's bit for bit.
+- ``support="occupied"``: only the cells holding points exist (the cells
+  labeled at the start); the others are :data:`~gridflow.engine.vote.OUTSIDE`
+  and never vote. Equal to the dense engine with those cells OUTSIDE.
+
+The votes of a step come from :func:`gridflow._kernels.sparse.gather`, whose
+work follows the neighbour pairs that exist, not the ``(2w+1)**d`` offsets
+of the window. Each step computes only the cells whose result the round
+still needs (the region shrinks by ``w`` a step towards the block's core).
+
+A round's output is one COO block of stacked planes, as the dense round's:
+``[label + 1, density, changed, labeled, votes...]`` (fill 0; the per-step
+counts in the first cells of their planes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from gridflow._kernels import sparse as kernels
+from gridflow.engine.rounds import StepCost, fusion_factor, max_fusion
+from gridflow.errors import GridTooLargeError, ParameterError
+from gridflow.kernels import Kernel
+from gridflow.sparse_grid import coo, linear_keys, unravel_keys
+
+__all__ = [
+    "MAX_WINDOW_OFFSETS",
+    "initial_labels",
+    "labels_of",
+    "occupied_cells",
+    "outputs",
+    "plan_steps",
+    "resolve_support",
+    "round_",
+    "run_chunks",
+]
+
+#: Most offsets of a window the sparse engine holds weights for (2**24: w=2
+#: in 10-D has 9.8e6, w=3 in 8-D 5.8e6).
+MAX_WINDOW_OFFSETS = 2**24
+#: ``support="auto"`` takes the reachable cells while they are at most this
+#: many times the occupied ones (a step's work grows with its active cells).
+REACH_FACTOR = 8
+#: Bytes one active cell of a block costs during a step: its key and
+#: coordinates, labels, votes (per class), density, and the dilation's
+#: temporaries (about three copies of the keys).
+_CELL_BYTES = 96
+#: Seconds per neighbour probe of :func:`gather` (measured on this machine's
+#: 8-D case of benchmarks/bench_highd.py, ~40 ns), for the fusion rule.
+_PROBE_SECONDS = 4e-8
+
+
+def _meta(dtype: Any, ndim: int, fill: Any) -> Any:
+    return coo(np.zeros((ndim, 0), np.int64), np.zeros(0, dtype), (0,) * ndim, fill)
+
+
+def _keys(block: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int64 row-major keys of a COO block's entries, and their order."""
+    keys = linear_keys(block.coords, block.shape).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    return keys[order], order
+
+
+# --- labels -----------------------------------------------------------------------
+
+
+def initial_labels(counts: da.Array) -> da.Array:
+    """L0 of a sparse grid: each occupied cell's majority class (lowest on ties), fill -1."""
+    return counts.map_blocks(
+        _majority, drop_axis=0, dtype=np.int32, meta=_meta(np.int32, counts.ndim - 1, -1)
+    )
+
+
+def _majority(block: Any) -> Any:
+    cells = block.shape[1:]
+    held = block.data > 0
+    coords, data = block.coords[:, held], block.data[held]
+    keys = linear_keys(coords[1:], cells).astype(np.int64)
+    # Per cell: the largest count, then the lowest class.
+    order = np.lexsort((coords[0], -data.astype(np.float64), keys))
+    keys = keys[order]
+    first = np.r_[True, keys[1:] != keys[:-1]] if keys.size else np.zeros(0, bool)
+    pick = order[first]
+    return coo(coords[1:, pick], coords[0, pick].astype(np.int32), cells, -1)
+
+
+def labels_of(plane: da.Array) -> da.Array:
+    """int32 labels (fill -1) from a round's ``label + 1`` plane."""
+    return plane.map_blocks(_labels_block, dtype=np.int32, meta=_meta(np.int32, plane.ndim, -1))
+
+
+def _labels_block(block: Any) -> Any:
+    held = block.data > 0
+    return coo(block.coords[:, held], block.data[held].astype(np.int32) - 1, block.shape, -1)
+
+
+def occupied_cells(labels: da.Array) -> int:
+    """Cells labeled in ``labels`` (COO chunks): the occupied cells of a grid's L0."""
+    import dask
+
+    sizes = labels.map_blocks(
+        lambda b: np.array([b.nnz], np.int64).reshape((1,) * b.ndim),
+        dtype=np.int64,
+        chunks=tuple((1,) * n for n in labels.numblocks),
+        meta=np.empty((0,) * labels.ndim, np.int64),
+    )
+    return int(dask.compute(sizes.sum())[0])
+
+
+# --- planning ---------------------------------------------------------------------
+
+
+def check_kernel(kernel: Kernel) -> None:
+    """Refuse a window with more offsets than the sparse engine holds weights for."""
+    if kernel.weights.size > MAX_WINDOW_OFFSETS:
+        raise ParameterError(
+            f"window: {kernel.weights.size:,} offsets in {kernel.ndim}-D, more than the sparse "
+            f"engine's {MAX_WINDOW_OFFSETS:,}; use a smaller window"
+        )
+
+
+def _split(chunks: tuple[tuple[int, ...], ...]) -> tuple[bool, ...]:
+    return tuple(len(c) > 1 for c in chunks)
+
+
+def run_chunks(chunks: tuple[tuple[int, ...], ...], radius: tuple[int, ...]) -> tuple:
+    """``chunks`` with every split dim's chunks at least one step's halo deep."""
+    from dask.array.overlap import ensure_minimum_chunksize
+
+    return tuple(
+        ensure_minimum_chunksize(max(r, 1), c) if len(c) > 1 else c
+        for c, r in zip(chunks, radius, strict=True)
+    )
+
+
+def plan_steps(chunks: tuple[tuple[int, ...], ...], radius: tuple[int, ...], remaining: int) -> int:
+    """Steps per sparse round.
+
+    A halo runs along the split dims only. One block holding the whole grid
+    needs none and fuses every step (up to its core's cells, where the round
+    keeps its per-step counts); otherwise :func:`fusion_factor` weighs the
+    halo against the rounds, with the dims held whole at radius 0.
+    """
+    split = _split(chunks)
+    core = math.prod(min(c) for c in chunks)
+    if not any(split):
+        return max(1, min(remaining, core))
+    eff = tuple(r if s else 0 for r, s in zip(radius, split, strict=True))
+    block = tuple(min(c) for c in chunks)
+    cost = StepCost(first=_PROBE_SECONDS, later=_PROBE_SECONDS)
+    steps = fusion_factor(chunks, eff, remaining, cost)
+    return max(1, min(steps, max_fusion(block, eff, remaining), core))
+
+
+def resolve_support(
+    support: str,
+    *,
+    occupied: int,
+    ncells: int,
+    nclasses: int,
+    kernel: Kernel,
+    steps: int,
+    memory: float,
+) -> str:
+    """``"auto"``: reachable while its active cells fit ``memory`` and are at
+    most :data:`REACH_FACTOR` times the occupied cells, else occupied.
+
+    The reachable set after ``steps`` steps is at most every cell within
+    ``steps * w`` of an occupied one: ``occupied * (2 steps w + 1)**d``,
+    and never more than the grid. A support that cannot fit is refused with
+    the numbers.
+    """
+    side = [2 * steps * r + 1 for r in kernel.radius]
+    reach = min(float(ncells), float(occupied) * math.prod(float(s) for s in side))
+    per_cell = _CELL_BYTES + 8 * nclasses
+
+    def fits(cells: float) -> bool:
+        return cells * per_cell <= memory
+
+    if support == "auto":
+        # Reachable costs reach / occupied times the work of occupied a step.
+        cheap = reach <= REACH_FACTOR * max(occupied, 1)
+        support = "reachable" if cheap and fits(reach) else "occupied"
+    need = reach if support == "reachable" else float(occupied)
+    if not fits(need):
+        raise GridTooLargeError(
+            f"grid: support={support!r} keeps up to {need:,.0f} active cells "
+            f"({need * per_cell / 2**30:,.1f} GiB), more than the workers' "
+            f"{memory / 2**30:,.1f} GiB; use support='occupied', fewer bins or more memory"
+        )
+    return support
+
+
+# --- one round ----------------------------------------------------------------------
+
+
+def round_(
+    state: Any,
+    support: da.Array | None,
+    fixed: da.Array | None,
+    nclasses: int,
+    kernel: Kernel,
+    boundary: str,
+    seed_counts: da.Array | None,
+    steps: int,
+    final_votes: bool = False,
+) -> da.Array:
+    """One lazy round of ``steps`` fused steps from ``state`` on COO chunks.
+
+    ``support`` (the start labels, COO) gives the cells that exist with
+    ``support="occupied"``; None: every cell exists.
+    """
+    cur = state.labels
+    periodic = boundary == "periodic"
+    split = _split(cur.chunks)
+    depth = tuple(steps * r if s else 0 for r, s in zip(kernel.radius, split, strict=True))
+    bnd = "periodic" if periodic else "none"
+    arrays = [cur]
+    depths = [dict(enumerate(depth))]
+    for extra in (support, fixed):
+        if extra is not None:
+            arrays.append(extra)
+            depths.append(dict(enumerate(depth)))
+    seeded = seed_counts is not None and state.step == 0
+    if seeded:
+        arrays.append(seed_counts)
+        depths.append({0: 0, **{i + 1: d for i, d in enumerate(depth)}})
+    if state.density is not None:
+        arrays.append(state.density)
+        depths.append(dict.fromkeys(range(cur.ndim), 0))
+    nplanes = 4 + (nclasses if final_votes else 0)
+    return da.map_overlap(
+        _round_block,
+        *arrays,
+        depth=depths,
+        boundary=[bnd] * len(arrays),
+        trim=False,
+        align_arrays=False,
+        dtype=np.float64,
+        **({} if seeded else {"new_axis": 0}),
+        chunks=((nplanes,), *cur.chunks),
+        meta=_meta(np.float64, cur.ndim + 1, 0.0),
+        has_support=support is not None,
+        has_clamp=fixed is not None,
+        has_seed=seeded,
+        has_density=state.density is not None,
+        nclasses=nclasses,
+        kernel=kernel,
+        steps=steps,
+        first_step=state.step + 1,
+        depth_=depth,
+        grid_chunks=cur.chunks,
+        periodic=periodic,
+        final_votes=final_votes,
+    )
+
+
+def _core_box(
+    block_id: tuple[int, ...], grid_chunks: tuple, depth: tuple[int, ...], periodic: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and length of the block's core in its haloed block, and the dims that wrap."""
+    left, length, wrap = [], [], []
+    for i, chunks, d in zip(block_id, grid_chunks, depth, strict=True):
+        left.append(d if d and (periodic or i > 0) else 0)
+        length.append(chunks[i])
+        wrap.append(periodic and len(chunks) == 1)
+    return np.array(left, np.int64), np.array(length, np.int64), np.array(wrap, np.bool_)
+
+
+def _in_box(coords: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    keep = np.ones(coords.shape[1], bool)
+    for c, a, b in zip(coords, lo, hi, strict=True):
+        keep &= (c >= a) & (c < b)
+    return keep
+
+
+def _dilate(
+    keys: np.ndarray,
+    shape: np.ndarray,
+    radius: tuple[int, ...],
+    wrap: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> np.ndarray:
+    """Sorted keys of every cell of the box [lo, hi) within the window of a cell of ``keys``.
+
+    One dim at a time (the window is a box), so duplicates merge after each
+    dim instead of after all ``(2w+1)**d`` offsets.
+    """
+    strides = np.ones(len(shape), np.int64)
+    for j in range(len(shape) - 2, -1, -1):
+        strides[j] = strides[j + 1] * shape[j + 1]
+    for j in range(len(shape)):
+        r = radius[j]
+        c = (keys // strides[j]) % shape[j]
+        parts = []
+        for delta in range(-r, r + 1):
+            v = c + delta
+            if wrap[j]:
+                v = v % shape[j]
+                parts.append(keys + (v - c) * strides[j])
+            else:
+                ok = (v >= lo[j]) & (v < hi[j])
+                parts.append(keys[ok] + delta * strides[j])
+        keys = np.unique(np.concatenate(parts))
+    return keys
+
+
+def _merge_density(
+    keys: np.ndarray, values: np.ndarray | None, new_keys: np.ndarray, new_values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``values + new_values`` on the union of the keys (0 where absent), as the dense sum."""
+    if values is None:
+        return new_keys, new_values
+    union = np.union1d(keys, new_keys)
+    out = np.zeros(union.size)
+    out[np.searchsorted(union, keys)] = values
+    at = np.searchsorted(union, new_keys)
+    out[at] = out[at] + new_values
+    return union, out
+
+
+def _round_block(
+    *blocks: Any,
+    block_id: tuple[int, ...] | None = None,
+    has_support: bool,
+    has_clamp: bool,
+    has_seed: bool,
+    has_density: bool,
+    nclasses: int,
+    kernel: Kernel,
+    steps: int,
+    first_step: int,
+    depth_: tuple[int, ...],
+    grid_chunks: tuple,
+    periodic: bool,
+    final_votes: bool,
+) -> Any:
+    labels, rest = blocks[0], list(blocks[1:])
+    support = rest.pop(0) if has_support else None
+    clamp = rest.pop(0) if has_clamp else None
+    seed = rest.pop(0) if has_seed else None
+    density = rest.pop(0) if has_density else None
+    # The output's first axis is the planes': the block's own index follows it.
+    block_id = block_id[1:] if block_id is not None else (0,) * labels.ndim
+    shape = np.array(labels.shape, np.int64)
+    left, core, wrap = _core_box(block_id, grid_chunks, depth_, periodic)
+    radius = kernel.radius
+    r = np.array(radius, np.int64)
+    core_hi = left + core
+
+    # Sources: the labeled cells, by key.
+    skeys, order = _keys(labels)
+    slabels = labels.data[order].astype(np.int32)
+    skeys, slabels = skeys[slabels >= 0], slabels[slabels >= 0]
+    exist = _keys(support)[0] if support is not None else None
+    if clamp is not None:
+        ckeys, corder = _keys(clamp)
+        cvalues = clamp.data[corder].astype(np.int32)
+        ckeys, cvalues = ckeys[cvalues >= 0], cvalues[cvalues >= 0]  # held: labeled cells
+    rows = None
+    if seed is not None:
+        # Per cell, its counts of every class (the first step's sources).
+        cell_keys = linear_keys(seed.coords[1:], seed.shape[1:]).astype(np.int64)
+        rkeys, inverse = np.unique(cell_keys, return_inverse=True)
+        rows = np.zeros((rkeys.size, nclasses))
+        rows[inverse, seed.coords[0]] = seed.data
+    dkeys = dvalues = None
+    if density is not None:
+        dk, dorder = _keys(density)
+        # The density arrives as the core: re-key it in the haloed block.
+        dc = unravel_keys(dk, density.shape) + left[:, None]
+        dkeys, dvalues = linear_keys(dc, shape).astype(np.int64), density.data[dorder]
+
+    changed = np.zeros(steps)
+    labeled = np.zeros(steps)
+    votes = tkeys = None
+    for s in range(steps):
+        reach = (steps - 1 - s) * r
+        lo = np.where(wrap, 0, np.maximum(0, left - reach))
+        hi = np.where(wrap, shape, np.minimum(shape, core_hi + reach))
+        src_keys, src_labels = (rkeys, None) if (rows is not None and s == 0) else (skeys, slabels)
+        if exist is not None:
+            tkeys = exist[_in_box(unravel_keys(exist, shape), lo, hi)]
+        else:
+            tkeys = _dilate(src_keys, shape, radius, wrap, lo, hi)
+        tcoords = unravel_keys(tkeys, shape)
+        votes = kernels.gather(
+            unravel_keys(src_keys, shape),
+            np.zeros(src_keys.size, np.int32) if src_labels is None else src_labels,
+            rows if src_labels is None else None,
+            tcoords,
+            nclasses=nclasses,
+            radius=r,
+            shape=shape,
+            wrap=wrap,
+            weights=kernel.weights,
+        )
+        new, total = kernels.decide(votes)
+        if clamp is not None:
+            at = np.searchsorted(ckeys, tkeys)
+            held = (at < ckeys.size) & (ckeys[np.minimum(at, ckeys.size - 1)] == tkeys)
+            new[held] = cvalues[at[held]]
+        incore = _in_box(tcoords, left, core_hi)
+        # Per-step counts over the core: cells whose label changed, cells labeled.
+        old_in = _in_box(unravel_keys(skeys, shape), left, core_hi)
+        okeys, olabels = skeys[old_in], slabels[old_in]
+        nkeys, nlabels = tkeys[incore & (new >= 0)], new[incore & (new >= 0)]
+        common, oi, ni = np.intersect1d(okeys, nkeys, assume_unique=True, return_indices=True)
+        changed[s] = (
+            okeys.size + nkeys.size - 2 * common.size + np.count_nonzero(olabels[oi] != nlabels[ni])
+        )
+        labeled[s] = nkeys.size
+        step_total = total[incore] / 10.0 ** (first_step + s - 1)
+        dkeys, dvalues = _merge_density(dkeys, dvalues, tkeys[incore], step_total)
+        keep = new >= 0
+        skeys, slabels = tkeys[keep], new[keep]
+    return _stack(
+        shape, left, core, skeys, slabels, dkeys, dvalues, changed, labeled,
+        (tkeys, votes) if final_votes else None, nclasses,
+    )  # fmt: skip
+
+
+def _stack(
+    shape: np.ndarray,
+    left: np.ndarray,
+    core: np.ndarray,
+    skeys: np.ndarray,
+    slabels: np.ndarray,
+    dkeys: np.ndarray,
+    dvalues: np.ndarray,
+    changed: np.ndarray,
+    labeled: np.ndarray,
+    final: tuple[np.ndarray, np.ndarray] | None,
+    nclasses: int,
+) -> Any:
+    """The round's COO output ``(planes, *core)``: labels + 1, density, counts, votes."""
+    core_hi = left + core
+
+    def local(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = unravel_keys(keys, shape)
+        inside = _in_box(c, left, core_hi)
+        return c[:, inside] - left[:, None], inside
+
+    coords, data = [], []
+
+    def add(plane: int, c: np.ndarray, v: np.ndarray) -> None:
+        nz = v != 0
+        coords.append(np.vstack([np.full((1, int(nz.sum())), plane, np.int64), c[:, nz]]))
+        data.append(np.asarray(v, np.float64)[nz])
+
+    c, inside = local(skeys)
+    add(0, c, slabels[inside].astype(np.float64) + 1.0)
+    c, inside = local(dkeys)
+    add(1, c, dvalues[inside])
+    first = unravel_keys(np.arange(changed.size), core)
+    add(2, first, changed)
+    add(3, first, labeled)
+    if final is not None:
+        tkeys, votes = final
+        c, inside = local(tkeys)
+        v = votes[inside]
+        for k in range(nclasses):
+            add(4 + k, c, v[:, k])
+    nplanes = 4 + (nclasses if final is not None else 0)
+    import sparse
+
+    out = sparse.COO(
+        np.concatenate(coords, axis=1),
+        np.concatenate(data),
+        shape=(nplanes, *(int(n) for n in core)),
+        fill_value=0.0,
+        has_duplicates=False,
+        sorted=False,
+    )
+    return out
+
+
+# --- outputs ------------------------------------------------------------------------
+
+
+def outputs(final: Any, nclasses: int, probabilities: bool) -> dict[str, da.Array]:
+    """classify's variables from a sparse :class:`~gridflow.engine.vote.FinalRound`.
+
+    ``confidence`` = top vote / total, ``votes`` = the total vote of the last
+    step, ``probability`` = votes / total: computed exactly as the dense
+    outputs (float64, then float32), on the cells that have a vote.
+    """
+    label_dtype = np.int16 if nclasses < 2**15 else np.int32
+    votes = final.votes
+    spatial = votes.ndim - 1
+    out = {
+        "label": final.labels.map_blocks(
+            _astype, label_dtype, dtype=label_dtype, meta=_meta(label_dtype, spatial, -1)
+        ),
+        "density": final.density.map_blocks(
+            _astype, np.float32, dtype=np.float32, meta=_meta(np.float32, spatial, 0.0)
+        ),
+    }
+    for name in ("confidence", "votes"):
+        out[name] = votes.map_blocks(
+            _vote_summary,
+            name,
+            drop_axis=0,
+            dtype=np.float32,
+            meta=_meta(np.float32, spatial, 0.0),
+        )
+    if probabilities:
+        out["probability"] = votes.map_blocks(
+            _probability, dtype=np.float32, meta=_meta(np.float32, spatial + 1, 0.0)
+        )
+    return out
+
+
+def _astype(block: Any, dtype: Any) -> Any:
+    return coo(block.coords, block.data.astype(dtype), block.shape, block.fill_value)
+
+
+def _cells(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct cells of a ``(class, *cells)`` COO block: keys, and each entry's cell."""
+    keys = linear_keys(block.coords[1:], block.shape[1:]).astype(np.int64)
+    cells, inverse = np.unique(keys, return_inverse=True)
+    return cells, inverse, keys
+
+
+def _rows(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A ``(class, *cells)`` COO block as per-cell vote rows: the distinct cells'
+    keys, each entry's cell, the rows and their totals (summed in class order)."""
+    cells, inverse, _ = _cells(block)
+    nclasses = block.shape[0]
+    dense = np.zeros((cells.size, nclasses))
+    dense[inverse, block.coords[0]] = block.data
+    total = dense[:, 0].copy()
+    for k in range(1, nclasses):
+        total += dense[:, k]
+    return cells, inverse, dense, total
+
+
+def _vote_summary(block: Any, name: str) -> Any:
+    cells, _, dense, total = _rows(block)
+    if name == "votes":
+        value = total
+    else:
+        value = np.where(total > 0, dense.max(axis=1) / np.where(total > 0, total, 1.0), 0.0)
+    return coo(unravel_keys(cells, block.shape[1:]), value.astype(np.float32), block.shape[1:], 0.0)
+
+
+def _probability(block: Any) -> Any:
+    _, inverse, _, total = _rows(block)
+    prob = (block.data / total[inverse]).astype(np.float32)
+    return coo(block.coords, prob, block.shape, 0.0)
