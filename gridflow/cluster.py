@@ -327,16 +327,7 @@ def cluster(
     # Persisted once: the density and the components' mass both read it.
     if is_sparse:
         points, occupied, exists, seed_counts = _sparse_occupancy(counts, seed)
-        final = run_dask(
-            occupied,
-            nclasses=1,
-            kernel=k,
-            iterations=n_steps,
-            boundary=boundary,
-            seed_counts=seed_counts,
-            support=support,
-        )
-        (density,) = dask.persist(final.density)
+        engine_support = support
     else:
         (points,) = dask.persist(counts.sum(axis=0, dtype=np.int64))
         # support="occupied": the empty cells are OUTSIDE, given here (not by the
@@ -344,18 +335,21 @@ def cluster(
         exists = points > 0 if support == "occupied" else None
         empty = UNLABELED if exists is None else OUTSIDE
         occupied = da.where(points > 0, 0, empty).astype(np.int32)
-        final = run_dask(
-            occupied,
-            nclasses=1,
-            kernel=k,
-            iterations=n_steps,
-            boundary=boundary,
-            seed_counts=points[None].astype(np.float64) if seed == "counts" else None,
-        )
-        density = final.density
-        if exists is not None:
-            density = da.where(exists.rechunk(density.chunks), density, 0.0)
-        (density,) = dask.persist(density)
+        seed_counts = points[None].astype(np.float64) if seed == "counts" else None
+        engine_support = "reachable"
+    final = run_dask(
+        occupied,
+        nclasses=1,
+        kernel=k,
+        iterations=n_steps,
+        boundary=boundary,
+        seed_counts=seed_counts,
+        support=engine_support,
+    )
+    density = final.density
+    if exists is not None and not is_sparse:
+        density = da.where(exists.rechunk(density.chunks), density, 0.0)
+    (density,) = dask.persist(density)
     # 2. Levels (over the existing cells).
     eq = equalize(density, levels=cuts, method=method, exists=exists)
     (lev,) = dask.persist(eq.level)

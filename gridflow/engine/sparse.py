@@ -59,8 +59,9 @@ REACH_FACTOR = 8
 #: coordinates, labels, votes (per class), density, and the dilation's
 #: temporaries (about three copies of the keys).
 _CELL_BYTES = 96
-#: Seconds per neighbour probe of :func:`gather` (measured on this machine's
-#: 8-D case of benchmarks/bench_highd.py, ~40 ns), for the fusion rule.
+#: Seconds per neighbour probe of :func:`gather`, for the fusion rule: a rough
+#: figure (not measured per probe; a loaded 2-core machine took about 90 ns a
+#: neighbour pair in 8-D), and only its ratio to the halo's cost matters there.
 _PROBE_SECONDS = 4e-8
 
 
