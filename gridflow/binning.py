@@ -342,16 +342,22 @@ def parse_chunks(
     """Spatial chunk size per dim: an int, one int per dim, or ``"auto"``.
 
     ``"auto"`` aims at blocks of about 64 MiB of uint32 counts (all classes),
-    less on workers with little memory, with the same side on every dim,
-    never larger than the grid.
+    less on workers with little memory, with the same side on every dim
+    split (all of them up to 3 dims, else the 3 with the most bins:
+    :func:`~gridflow.engine.planner.split_dims`; the others whole), never
+    larger than the grid.
     """
     if chunks is None or chunks == "auto":
+        from gridflow.engine.planner import split_dims
+
         memory, nthreads = worker_memory()
         # Writing a block holds a few copies of it (encode, compress) per thread.
         target = min(AUTO_CHUNK_BYTES, memory / (16 * nthreads))
         cells = max(1, int(target) // (4 * max(nclasses, 1)))
-        side = max(1, int(cells ** (1.0 / spec.ndim)))
-        return tuple(min(side, b) for b in spec.bins)
+        split = split_dims(spec.bins)
+        whole = math.prod(b for j, b in enumerate(spec.bins) if j not in split)
+        side = max(1, int((cells / whole) ** (1.0 / len(split))))
+        return tuple(min(side, b) if j in split else b for j, b in enumerate(spec.bins))
     return spec.parse_chunks(chunks)
 
 

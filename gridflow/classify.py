@@ -48,6 +48,7 @@ from gridflow.engine.vote import (
     FinalRound,
     RoundState,
     check_window,
+    decide,
     history_entries,
     persist_round,
     run_dask,
@@ -55,7 +56,7 @@ from gridflow.engine.vote import (
 from gridflow.errors import BoundaryWarning, ConvergenceWarning, ParameterError
 from gridflow.kernels import Kernel, parse_kernel
 from gridflow.progress import Progress
-from gridflow.sparse_grid import is_sparse
+from gridflow.sparse_grid import MAX_SPLIT_DIMS, is_sparse
 
 __all__ = ["classify", "tune"]
 
@@ -182,7 +183,9 @@ def initial_labels(counts: da.Array) -> da.Array:
 
 
 def _majority(block: np.ndarray) -> np.ndarray:
-    return np.where(block.sum(axis=0) > 0, block.argmax(axis=0), -1).astype(np.int32)
+    # The vote step's decision (argmax, lowest class on ties, -1 for no
+    # count): compiled where the backend has it.
+    return decide(block)[0].astype(np.int32, copy=False)
 
 
 @store_mod.writes_store
@@ -491,14 +494,17 @@ def _plan(
         "counts_itemsize": counts.dtype.itemsize,
     }
     if chunks is None:
-        if boundary == "periodic" and all(len(c) == 1 for c in counts.chunks[1:]):
-            # A whole periodic grid steps in one block with no halo.
+        one_block = all(len(c) == 1 for c in counts.chunks[1:])
+        if one_block or spec.ndim > MAX_SPLIT_DIMS:
+            # The whole grid in one block has no halo: it wraps (periodic) or
+            # stops at its edges. In more than 3 dims, where a cut costs a
+            # halo through a few bins, that is worth a rechunk when it fits.
             zero = (0,) * spec.ndim
             whole = plan_filter(
-                spec.shape, nclasses, zero, chunks=stored, keep_chunks=True, warn=False, **task
+                spec.shape, nclasses, zero, chunks=spec.shape, keep_chunks=True, warn=False, **task
             )
             if whole.fits:
-                return stored, None
+                return spec.shape, None
         plan = plan_filter(spec.shape, nclasses, k.radius, chunks=stored, **task)
     elif isinstance(chunks, str) and chunks == "auto":
         plan = plan_filter(spec.shape, nclasses, k.radius, **task)

@@ -55,14 +55,20 @@ MIN_BINS = 4
 MAX_BINS = 4096
 MAX_CELLS = 20_000_000
 #: Most features a default grid is built for. From 4 features the default
-#: grid is a pyramid of sparse grids with a window of 1, whose vote step costs
-#: the neighbour pairs that exist; its kernel still holds one weight per
-#: window offset, 3**d of them: 531,441 at 12 features (4 MiB), while 15
-#: would take 1.7 GB just to build them.
+#: grid has a window of 1 and a box kernel, counted with running sums (3
+#: additions per dim and cell); a kernel still holds one weight per window
+#: offset, 3**d of them: 531,441 at 12 features (4 MiB), while 15 would take
+#: 1.7 GB just to build them, and at most MAX_CELLS cells leave 3 bins a
+#: dim at 15 features, a window as wide as the grid.
 MAX_FEATURES = 12
 #: From this many features the default grid is the high-dimensional rule of
-#: :func:`default_grid` (window 1, a pyramid of levels, one Parzen vote).
+#: :func:`default_grid` (window 1, box kernel, one Parzen vote).
 HIGH_DIM = 4
+#: The high-dimensional rule sizes cells so that a window of uniformly
+#: spread training points would hold VOTES_SCALE * sqrt(n_samples) of them
+#: (the k of a k-nearest-neighbour vote; measured on gridflow.synth data in
+#: 4, 6, 8 and 10 dims, 1e6 points: docs/design.md §3.6).
+VOTES_SCALE = 0.5
 
 #: scikit-learn common checks GridClassifier does not pass, with the reason;
 #: pass it as ``expected_failed_checks`` to ``check_estimator`` or
@@ -130,10 +136,11 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
 
     From 4 features (:data:`HIGH_DIM`) a window of 3 holds ``7**d`` cells
     and most of them are empty, so the rule changes: ``window = 1`` and
-    ``bins`` a power of two, ``2**round(log2(3 * (n / 2) ** (1 / d)))``
-    (at least 4): fine enough that the densest regions are answered by
-    small cells; :func:`default_levels` adds the coarser levels that answer
-    the rest.
+    ``bins = round(3 * (n / m) ** (1 / d))``, clipped as above, where
+    ``m = 0.5 * sqrt(n)`` (:data:`VOTES_SCALE`): a window of ``3**d``
+    cells then holds about ``m`` points where they are spread evenly, the
+    k of a k-nearest-neighbour vote (with the box kernel, the vote is the
+    count of each class among them).
 
     Raises
     ------
@@ -148,7 +155,9 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
     >>> default_grid(10, 2)
     (20, 3)
     >>> default_grid(1_000_000, 8)
-    (16, 1)
+    (8, 1)
+    >>> default_grid(1_000_000, 10)
+    (5, 1)
     """
     n, d = int(n_samples), int(n_features)
     if n < 1 or d < 1:
@@ -162,7 +171,8 @@ def default_grid(n_samples: int, n_features: int) -> tuple[int, int]:
             "pass bins= to choose the grid yourself"
         )
     if d >= HIGH_DIM:
-        bins = 2 ** max(2, round(math.log2(3 * (n / 2) ** (1.0 / d))))
+        votes = max(VOTES_SCALE * math.sqrt(n), 1.0)
+        bins = min(max(round(3 * (n / votes) ** (1.0 / d)), 3), _max_bins(d))
         return bins, 1
     scale = BINS_SCALE[min(max(d, 2), 3)]
     bins = min(max(round(scale * n ** (1.0 / (d + 4))), MIN_BINS), _max_bins(d))
@@ -178,23 +188,27 @@ MIN_VOTES_SCALE = 0.1
 def default_levels(n_samples: int, n_features: int, bins: Sequence[int]) -> tuple[int, float]:
     """Default ``(levels, min_votes)`` of :class:`GridClassifier`.
 
-    Up to 3 features one level (the grid of :func:`default_grid` is fine
-    enough everywhere). From 4, every level down to 4 bins per feature
-    (``log2(min(bins)) - 1`` levels), and a point is answered by the finest
-    level whose cell has a total vote of at least
-    ``clip(0.1 * sqrt(n_samples), 5, 200)``: about the number of training
-    points k-nearest neighbours would ask for.
+    One level on the grid of :func:`default_grid`: its cells are sized for
+    the number of points, and its vote reaches every cell. From 4 features,
+    on a grid finer than that rule's (given ``bins``), every level down to
+    the rule's bins, and a point is answered by the finest level whose cell
+    has a total vote of at least ``clip(0.1 * sqrt(n_samples), 5, 200)``.
 
     Examples
     --------
-    >>> default_levels(1_000_000, 8, (16,) * 8)
+    >>> default_levels(1_000_000, 8, (8,) * 8)
+    (1, 0.0)
+    >>> default_levels(1_000_000, 8, (32,) * 8)
     (3, 100.0)
     >>> default_levels(1_000_000, 2, (135, 135))
     (1, 0.0)
     """
     if n_features < HIGH_DIM:
         return 1, 0.0
-    levels = max(1, int(math.log2(max(min(bins), 1))) - 1)
+    rule = default_grid(n_samples, n_features)[0]
+    levels = 1 + max(0, math.floor(math.log2(max(min(bins), 1) / rule)))
+    if levels == 1:
+        return 1, 0.0
     return levels, float(min(max(MIN_VOTES_SCALE * math.sqrt(n_samples), 5.0), 200.0))
 
 
@@ -269,8 +283,11 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
     window : int or None, default None
         Window radius ``w`` in cells (a cube ``2w+1`` cells wide). None: the
         rule below.
-    kernel : {"inverse_distance", "box", "gaussian"} or array, default "inverse_distance"
-        Vote weights over the window (:func:`gridflow.classify`).
+    kernel : {"auto", "inverse_distance", "box", "gaussian"} or array, default "auto"
+        Vote weights over the window (:func:`gridflow.classify`). "auto":
+        "inverse_distance" up to 3 features, "box" from 4 (as accurate
+        there, measured, and counted with running sums instead of ``3**d``
+        taps per cell).
     iterations : int or "auto", default 3
         Vote steps, or "auto" (until the labels settle).
     boundary : {"open", "periodic"}, default "open"
@@ -361,7 +378,7 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         *,
         bins: _Bins = None,
         window: int | None = None,
-        kernel: _Kernel = "inverse_distance",
+        kernel: _Kernel = "auto",
         iterations: _Iterations | None = None,
         boundary: Boundary = "open",
         bounds: Any = None,
@@ -403,6 +420,39 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         if self.iterations is not None:
             return self.iterations
         return 1 if X.shape[1] >= HIGH_DIM else 3
+
+    def _kernel(self, ndim: int) -> Any:
+        """``kernel``, "auto" resolved for a grid of ``ndim`` dims."""
+        if isinstance(self.kernel, str) and self.kernel == "auto":
+            return "box" if ndim >= HIGH_DIM else "inverse_distance"
+        return self.kernel
+
+    def _layout(self, n_samples: int, spec: GridSpec, window: int | None) -> str:
+        """``layout``; "auto" is dense from 4 features when the vote reaches most cells.
+
+        With a window of ``(2w+1)**d`` cells, ``n`` points reach up to
+        ``n * (2w+1)**d`` cells: where that covers the grid (at least one
+        cell in :data:`~gridflow.engine.planner.SPARSE_OCCUPANCY`) and the
+        grid has at most :data:`MAX_CELLS` cells, the sparse layout would
+        hold nearly every cell anyway, at several times the cost per cell.
+        Otherwise :func:`gridflow.bin_points` decides.
+        """
+        from gridflow.engine.planner import SPARSE_OCCUPANCY
+
+        if self.layout != "auto" or spec.ndim < HIGH_DIM:
+            return self.layout
+        w = 1 if window is None else int(window)
+        cells = math.prod(spec.bins)
+        reach = n_samples * (2 * w + 1) ** spec.ndim
+        return "dense" if cells <= MAX_CELLS and reach * SPARSE_OCCUPANCY >= cells else "auto"
+
+    def _chunks(self, spec: GridSpec, layout: str) -> Any:
+        """``chunks``; "auto" is the whole grid for the dense high-dimensional rule,
+        the one block its vote step runs in (no rechunk between binning and it)."""
+        high = layout == "dense" and spec.ndim >= HIGH_DIM
+        if self.chunks == "auto" and high and math.prod(spec.bins) <= MAX_CELLS:
+            return tuple(spec.bins)
+        return self.chunks
 
     def _pyramid(self, n_samples: int, spec: GridSpec) -> tuple[int, float]:
         """``levels`` and ``min_votes``, each given or from :func:`default_levels`."""
@@ -451,7 +501,8 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         window: int | None,
         iterations: int | str,
     ) -> None:
-        counts = _bin(X, codes, spec, len(self.classes_), self.chunks, self.layout)
+        layout = self._layout(X.shape[0], spec, window)
+        counts = _bin(X, codes, spec, len(self.classes_), self._chunks(spec, layout), layout)
         pyramid = self._pyramid(X.shape[0], spec)
         grid = self._classify(counts, window, iterations, pyramid)
         stage = self._keep_grid(grid, spec, "classify")
@@ -469,7 +520,7 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
     ) -> Any:
         return classify(
             counts,
-            kernel=self.kernel,
+            kernel=self._kernel(counts["counts"].ndim - 1),
             window=window,
             iterations=iterations,
             boundary=self.boundary,
@@ -607,9 +658,9 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
             fit_idx, val_idx = train_test_split(
                 np.arange(len(codes)), test_size=holdout, random_state=random_state
             )
-        counts = _bin(
-            X[fit_idx], codes[fit_idx], spec, len(self.classes_), self.chunks, self.layout
-        )
+        layout = self._layout(len(fit_idx), spec, max(candidates_w))
+        chunks = self._chunks(spec, layout)
+        counts = _bin(X[fit_idx], codes[fit_idx], spec, len(self.classes_), chunks, layout)
         pyramid = self._pyramid(len(fit_idx), spec)
         results = []
         for w in candidates_w:

@@ -54,12 +54,12 @@ def moons():
         (10**13, 3, (271, 3)),  # 271**3 < 2e7 < 272**3
         (10**30, 2, (4096, 3)),  # capped per dim
         (1, 3, (6, 2)),  # 5.5 -> 6 bins; w = 3 would not fit 6 bins: 2
-        # From 4 features: window 1, 2**round(log2(3 * (n / 2) ** (1 / d))) bins.
-        (1_000_000, 4, (64, 1)),  # 3 * 5e5 ** (1/4) = 79.5 -> 2**6
-        (1_000_000, 6, (32, 1)),  # 3 * 5e5 ** (1/6) = 26.7 -> 2**5
-        (1_000_000, 8, (16, 1)),  # 3 * 5e5 ** (1/8) = 15.5 -> 2**4
-        (1_000_000, 10, (8, 1)),  # 3 * 5e5 ** (1/10) = 11.1 = 2**3.48 -> 2**3
-        (1, 6, (4, 1)),  # at least 4 bins
+        # From 4 features: window 1, round(3 * (n / (0.5 * sqrt(n))) ** (1 / d)) bins.
+        (1_000_000, 4, (20, 1)),  # 3 * 2000 ** (1/4) = 20.1
+        (1_000_000, 6, (11, 1)),  # 3 * 2000 ** (1/6) = 10.6
+        (1_000_000, 8, (8, 1)),  # 3 * 2000 ** (1/8) = 7.8
+        (1_000_000, 10, (5, 1)),  # 3 * 2000 ** (1/10) = 6.4, capped: 6**10 > 2e7
+        (1, 6, (3, 1)),  # at least 3 bins (a window of 1 fits)
     ],
 )
 def test_default_grid_follows_the_rule(n, d, expected):
@@ -71,9 +71,11 @@ def test_default_grid_follows_the_rule(n, d, expected):
 
 
 def test_default_levels_follow_the_rule():
-    assert default_levels(1_000_000, 8, (16,) * 8) == (3, 100.0)  # 16, 8, 4 bins
-    assert default_levels(100, 5, (8,) * 5) == (2, 5.0)  # at least 5 votes
-    assert default_levels(10**8, 6, (64,) * 6) == (5, 200.0)  # at most 200
+    # One level on the rule's grid; on a finer one, levels down to the rule's bins.
+    assert default_levels(1_000_000, 8, (8,) * 8) == (1, 0.0)
+    assert default_levels(1_000_000, 8, (16,) * 8) == (2, 100.0)  # 16, 8 bins
+    assert default_levels(100, 5, (16,) * 5) == (2, 5.0)  # at least 5 votes (rule: 5 bins)
+    assert default_levels(10**8, 6, (64,) * 6) == (3, 200.0)  # at most 200 (rule: 16 bins)
     assert default_levels(10**6, 3, (40,) * 3) == (1, 0.0)  # one level up to 3 features
 
 
@@ -239,7 +241,8 @@ def test_tune_searches_levels_and_min_votes_of_one_classified_pyramid():
     process = PointProcess(dims=4, classes=3, scale=0.1, seed=5)
     frame = process.sample(0, 4000)
     X, y = frame[[f"x{i}" for i in range(4)]].to_numpy(), frame["label"].to_numpy()
-    clf = GridClassifier(**PERIODIC).tune(X, y, iterations=(1,))
+    # Finer than the rule's 10 bins: a pyramid of 32 and 16 bins.
+    clf = GridClassifier(bins=32, **PERIODIC).tune(X, y, iterations=(1,))
     found = {(r["levels"], r["min_votes"]) for r in clf.tune_results_}
     levels, min_votes = default_levels(3200, 4, clf.bins_)  # the 80% fit on
     assert levels > 1 and (1, 0.0) in found

@@ -1,4 +1,4 @@
-"""Compiled kernels of the vote step: one-hot planes, decisions, sparse updates.
+"""Compiled kernels of the vote step: one-hot planes, decisions, sparse updates, box sums.
 
 Votes are exact multiples of the kernel's quantum (see
 :mod:`gridflow.kernels`), so they can be updated in place: when a few cells
@@ -96,7 +96,7 @@ def _compiled() -> Any:
                 contiguous = c >= radius_last and c + radius_last < nlast
                 for j in range(width):
                     t = c - (j - radius_last)
-                    if wrap:
+                    if wrap[ndim - 1]:
                         t %= nlast
                     elif t < 0 or t >= nlast:
                         t = -1
@@ -106,7 +106,7 @@ def _compiled() -> Any:
                     ok = True
                     for d in range(ndim - 1):
                         t = coords[d] - lead[tl, d]
-                        if wrap:
+                        if wrap[d]:
                             t %= shape[d]
                         elif t < 0 or t >= shape[d]:
                             ok = False
@@ -142,7 +142,51 @@ def _compiled() -> Any:
                         if b >= 0:
                             votes[b, base + t] += w
 
-    return numba, onehot, decide, last_plane, scatter
+    @njit(inline="always", cache=True)
+    def neighbour(i, u, n, wrap):  # pragma: no cover - compiled
+        # Index i + u along an axis of n cells, wrapped, or -1 beyond its
+        # ends. The window fits the axis (2 * |u| < n): one wrap is enough.
+        t = i + u
+        if t < 0 or t >= n:
+            if not wrap:
+                return -1
+            t += n if t < 0 else -n
+        return t
+
+    @njit(parallel=True, cache=True)
+    def box_axis(a, out, radius, wrap):  # pragma: no cover - compiled
+        # out[o, i, j] = sum of a[o, i + u, j] for |u| <= radius along the
+        # middle axis: wrapped, or zeros beyond its ends. Integer-valued
+        # sums (float64, or float32 below 2**24): exact in any order.
+        nouter, n, ninner = a.shape
+        if ninner == 1:
+            # The last dim: contiguous lines of n values.
+            for o in prange(nouter):
+                for i in range(n):
+                    acc = out.dtype.type(a[o, i, 0])
+                    for u in range(-radius, radius + 1):
+                        t = neighbour(i, u, n, wrap)
+                        if u != 0 and t >= 0:
+                            acc += a[o, t, 0]
+                    out[o, i, 0] = acc
+            return
+        for o in prange(nouter):
+            src = a[o]
+            dst = out[o]
+            for i in range(n):
+                row = dst[i]
+                centre = src[i]
+                for j in range(ninner):
+                    row[j] = centre[j]
+                for u in range(-radius, radius + 1):
+                    t = neighbour(i, u, n, wrap)
+                    if u == 0 or t < 0:
+                        continue
+                    other = src[t]
+                    for j in range(ninner):
+                        row[j] += other[j]
+
+    return numba, onehot, decide, last_plane, scatter, box_axis
 
 
 def onehot(labels: np.ndarray, nplanes: int) -> np.ndarray:
@@ -186,13 +230,14 @@ def scatter_changes(
     cells: np.ndarray,
     old: np.ndarray,
     new: np.ndarray,
-    wrap: bool,
+    wrap: bool | tuple[bool, ...],
 ) -> None:
     """Update ``votes`` (nclasses, *shape) in place for label changes.
 
     ``cells`` are flat indices of the cells whose label went from ``old``
-    to ``new`` (negative: no class). ``wrap``: the block wraps around in
-    every dim; otherwise targets outside the block are dropped.
+    to ``new`` (negative: no class). ``wrap``: per dim (or one flag for
+    all), whether the block wraps around along it; along the others targets
+    outside the block are dropped.
     """
     numba = _compiled()[0]
     shape = votes.shape[1:]
@@ -207,6 +252,38 @@ def scatter_changes(
         lead,
         lead_weights,
         weights.shape[-1] // 2,
-        bool(wrap),
+        np.broadcast_to(np.asarray(wrap, np.bool_), (len(shape),)).copy(),
         max(1, nstripes),
     )
+
+
+def box_sums(planes: np.ndarray, radius: tuple[int, ...], wrap: tuple[bool, ...]) -> np.ndarray:
+    """Box sums of ``planes`` (nplanes, *shape), one axis at a time: along
+    grid dim ``j`` the sum over ``|u| <= radius[j]``, wrapped where
+    ``wrap[j]``, zeros beyond the block elsewhere. Exact on integer values;
+    returns float64.
+    """
+    box_axis = _compiled()[5]
+    axes = [j for j, r in enumerate(radius) if r > 0]
+    if not axes:
+        return planes.astype(np.float64)
+    # Integers below 2**24 are exact in float32: every partial sum is then
+    # exact too, at half the memory traffic of float64. (Counts, an integer
+    # dtype, take that path; float planes stay float64.) The first pass
+    # reads the planes as they are and the last one writes float64.
+    taps = float(np.prod([2 * r + 1 for r in radius]))
+    exact32 = planes.dtype.kind in "ui" and float(planes.max(initial=0)) * taps < 2**24
+    work = np.float32 if exact32 else np.float64
+    cur = np.ascontiguousarray(planes)
+    spare = None
+    for k, j in enumerate(axes):
+        dtype = np.float64 if k == len(axes) - 1 else work
+        out = spare if spare is not None and spare.dtype == dtype else np.empty(cur.shape, dtype)
+        n = cur.shape[j + 1]
+        outer = int(np.prod(cur.shape[: j + 1]))
+        box_axis(
+            cur.reshape(outer, n, -1), out.reshape(outer, n, -1), int(radius[j]), bool(wrap[j])
+        )
+        spare = cur if cur.dtype == work and cur is not planes else None
+        cur = out
+    return cur

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from gridflow.backend import Backend, ops
 from gridflow.kernels import Kernel
 
-__all__ = ["choose_method", "correlate", "fft_exact", "method_cost"]
+__all__ = ["choose_method", "correlate", "fft_exact", "method_cost", "wrap_flags"]
 
 _EPS = np.finfo(np.float64).eps
 
@@ -29,39 +29,59 @@ _EPS = np.finfo(np.float64).eps
 # --- correlation methods ------------------------------------------------------
 
 
-# Each method correlates every plane with the kernel. ``wrap=False``: zero
-# outside the block (callers read only cells whose window lies inside it);
-# ``wrap=True``: the block is a whole periodic grid and wraps around.
+# Each method correlates every plane with the kernel. ``wrap`` holds one
+# flag per grid dim: True, the block holds that dim whole on a periodic grid
+# and wraps around along it; False, zero beyond the block along it. Direct
+# sums, separable passes and running sums see those zeros exactly; the FFT
+# only with ``exact`` (it then pads by the radius): without, it may wrap
+# within the radius of the block's edge, where callers that carry a halo
+# never read.
+
+Wrap = tuple[bool, ...]
 
 
-def _direct(planes: Any, kernel: Kernel, wrap: bool) -> Any:
+def _mode(wrap: bool) -> str:
+    return "wrap" if wrap else "constant"
+
+
+def _direct(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
     b = ops(planes)
-    out = b.xp.empty_like(planes)
-    mode = "wrap" if wrap else "constant"
     weights = b.xp.asarray(kernel.weights)
+    if len(set(wrap)) > 1:
+        # Some dims wrap and some do not: wrap those by padding, then zeros beyond.
+        pairs = list(zip(kernel.radius, wrap, strict=True))
+        width = [(0, 0), *((r, r) if w else (0, 0) for r, w in pairs)]
+        inner = (slice(None), *(slice(r, -r) if w and r else slice(None) for r, w in pairs))
+        padded = b.xp.pad(planes, width, mode="wrap")
+        return _direct(padded, kernel, (False,) * len(wrap))[inner]
+    out = b.xp.empty_like(planes)
+    mode = _mode(bool(wrap and wrap[0]))
     for k in range(planes.shape[0]):
         b.ndimage.correlate(planes[k], weights, output=out[k], mode=mode, cval=0.0)
     return out
 
 
-def _separable(planes: Any, kernel: Kernel, wrap: bool) -> Any:
+def _separable(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
     b = ops(planes)
     out = planes
-    mode = "wrap" if wrap else "constant"
     for axis, f in enumerate(kernel.factors):
+        mode = _mode(wrap[axis])
         out = b.ndimage.correlate1d(out, b.xp.asarray(f), axis=axis + 1, mode=mode, cval=0.0)
     return out
 
 
-def _box(planes: Any, kernel: Kernel, wrap: bool) -> Any:
-    # Running sums of 0/1 (or integer) values are exact in float64.
+def _box(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
+    # Sums of 0/1 (or integer) values are exact in float64, in any order.
+    compiled = ops(planes).kernel("vote")
+    if compiled is not None:
+        return compiled.box_sums(planes, kernel.radius, wrap)
     xp = ops(planes).xp
     out = planes
     for axis, w in enumerate(kernel.radius):
         ax = axis + 1
         pad = [(0, 0)] * out.ndim
         pad[ax] = (w + 1, w)
-        c = xp.cumsum(xp.pad(out, pad, mode="wrap" if wrap else "constant"), axis=ax)
+        c = xp.cumsum(xp.pad(out, pad, mode=_mode(wrap[axis])), axis=ax)
         n = out.shape[ax]
         hi = xp.take(c, xp.arange(2 * w + 1, 2 * w + 1 + n), axis=ax)
         lo = xp.take(c, xp.arange(0, n), axis=ax)
@@ -69,14 +89,18 @@ def _box(planes: Any, kernel: Kernel, wrap: bool) -> Any:
     return out
 
 
-def _fft(planes: Any, kernel: Kernel, wrap: bool) -> Any:
+def _fft(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
     b = ops(planes)
     xp = b.xp
     shape = planes.shape[1:]
-    # A whole periodic grid is exactly the circular correlation. Otherwise
-    # zero-padding to a fast size changes nothing: the correlation is only
-    # read at cells whose window lies inside the block.
-    fast = shape if wrap else tuple(b.fft.next_fast_len(n, real=True) for n in shape)
+    # Along a dim that wraps, the circular correlation is exact. Along the
+    # others, zero-padding to a fast size changes nothing the caller reads
+    # (the cells whose window lies inside the block), or, ``exact``,
+    # padding by the radius leaves exact zeros beyond the block.
+    fast = tuple(
+        n if w else b.fft.next_fast_len(n + r * exact, real=True)
+        for n, r, w in zip(shape, kernel.radius, wrap, strict=True)
+    )
     spectrum = _kernel_spectrum(b, kernel, fast)
     inside = tuple(slice(0, n) for n in shape)
     out = xp.empty(planes.shape)
@@ -129,7 +153,7 @@ def _kernel_spectrum(b: Backend, kernel: Kernel, shape: tuple[int, ...]) -> Any:
     return b.xp.conj(b.fft.rfftn(b.xp.asarray(emb), **b.fft_options))
 
 
-_METHODS: dict[str, Callable[[Any, Kernel, bool], Any]] = {
+_METHODS: dict[str, Callable[[Any, Kernel, Wrap, bool], Any]] = {
     "direct": _direct,
     "separable": _separable,
     "box": _box,
@@ -162,15 +186,38 @@ def choose_method(kernel: Kernel, shape: tuple[int, ...], scale: float = 1.0) ->
     return min(costs, key=costs.get)
 
 
-def correlate(planes: Any, kernel: Kernel, method: str = "auto", wrap: bool = False) -> Any:
-    """Correlate each plane ``planes[k]`` with the kernel (zero outside the block).
+def correlate(
+    planes: Any,
+    kernel: Kernel,
+    method: str = "auto",
+    wrap: bool | Sequence[bool] = False,
+    exact: bool = False,
+) -> Any:
+    """Correlate each plane ``planes[k]`` with the kernel.
 
-    Values within the window radius of the block's edge see only the block
-    (or, for FFT, wrap around it): callers pad blocks with a halo.
+    ``wrap``: one flag per grid dim (or one for all). Along a dim that
+    wraps, the block is the whole periodic grid. Along the others, cells
+    within the window radius of the block's edge are unspecified (callers
+    pad blocks with a halo), or, with ``exact``, see zeros beyond the edge
+    (a dim held whole on an open grid).
     """
+    wrap = wrap_flags(wrap, planes.ndim - 1)
     if method == "auto":
         method = choose_method(kernel, planes.shape[1:], float(planes.max(initial=1.0)))
-    return _METHODS[method](planes.astype(np.float64, copy=False), kernel, wrap)
+    if method != "box" or ops(planes).kernel("vote") is None:
+        # (The compiled box sums take integer counts as they are.)
+        planes = planes.astype(np.float64, copy=False)
+    return _METHODS[method](planes, kernel, wrap, exact)
+
+
+def wrap_flags(wrap: bool | Sequence[bool], ndim: int) -> Wrap:
+    """One wrap flag per dim, from one flag or a sequence of them."""
+    if isinstance(wrap, (bool, np.bool_)):
+        return (bool(wrap),) * ndim
+    flags = tuple(bool(w) for w in wrap)
+    if len(flags) != ndim:
+        raise ValueError(f"wrap: expected {ndim} flags, got {len(flags)}")
+    return flags
 
 
 def method_cost(kernel: Kernel, shape: tuple[int, ...], method: str) -> float:

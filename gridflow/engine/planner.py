@@ -192,7 +192,9 @@ def plan_filter(
     radius = tuple(int(r) for r in radius)
 
     def fits(chunk: tuple[int, ...], fuse: int) -> int:
-        return filter_task_bytes(chunk, nclasses, radius, fuse, **task)
+        # A dim held whole carries no halo (the engine wraps or stops at its edge).
+        halo = tuple(0 if c >= n else r for c, n, r in zip(chunk, shape, radius, strict=True))
+        return filter_task_bytes(chunk, nclasses, halo, fuse, **task)
 
     if chunks is not None:
         chunk = tuple(min(int(c), s) for c, s in zip(chunks, shape, strict=True))
@@ -203,27 +205,51 @@ def plan_filter(
             return _too_big(MemoryPlan(chunk, 1, fits(chunk, 1), threads, memory, False), warn)
     # Parallelism: at least one chunk per thread of the cluster.
     total_threads = threads if total_threads is None else total_threads
-    ndim = len(shape)
-    side = min(max(shape), int(MAX_CHUNK_CELLS ** (1 / ndim)))
+    split = split_dims(shape)
+    whole = math.prod(n for j, n in enumerate(shape) if j not in split)
+    ndim = len(split)
+    side = min(max(shape), max(1, int((MAX_CHUNK_CELLS / whole) ** (1 / ndim))))
     cells = math.prod(shape)
-    if total_threads > 1 and cells > total_threads * 4**ndim:
-        side = min(side, max(1, int((cells / total_threads) ** (1 / ndim))))
+    if len(shape) > len(split):
+        # In many dims a cut costs a halo as deep as the window through a
+        # few bins, and the compiled kernels use every thread of a block:
+        # first try the grid in one block.
+        side = max(shape)
+    elif total_threads > 1 and cells > total_threads * 4**ndim * whole:
+        side = min(side, max(1, int((cells / whole / total_threads) ** (1 / ndim))))
     smallest = max(max(radius), 1)
     sides = [side]
     while sides[-1] > smallest:
         sides.append(max(smallest, sides[-1] // 2))
+
+    def cube(s: int) -> tuple[int, ...]:
+        return tuple(min(s, n) if j in split else n for j, n in enumerate(shape))
+
     # Prefer all the fusion the chunks allow (fewer rounds), then larger chunks.
     for s in sides:
-        chunk = tuple(min(s, n) for n in shape)
+        chunk = cube(s)
         f = _fuse_cap(chunk, radius, iterations)
         if fits(chunk, f) <= budget:
             return MemoryPlan(chunk, f, fits(chunk, f), threads, memory, True)
     for s in sides:
-        chunk = tuple(min(s, n) for n in shape)
+        chunk = cube(s)
         for f in range(_fuse_cap(chunk, radius, iterations) - 1, 0, -1):
             if fits(chunk, f) <= budget:
                 return MemoryPlan(chunk, f, fits(chunk, f), threads, memory, True)
     return _too_big(MemoryPlan(chunk, 1, fits(chunk, 1), threads, memory, False), warn)
+
+
+def split_dims(shape: Sequence[int]) -> tuple[int, ...]:
+    """The dims a filter's blocks are split along: all of them up to 3, else the 3 largest.
+
+    In more dims the others stay whole: a halo along each of ``d`` dims
+    would multiply a block's cells by ``prod((c + 2r) / c)`` and its
+    neighbour pieces by ``3**d``, while a whole dim needs no halo at all.
+    """
+    from gridflow.sparse_grid import MAX_SPLIT_DIMS
+
+    order = sorted(range(len(shape)), key=lambda j: (-shape[j], j))
+    return tuple(sorted(order[:MAX_SPLIT_DIMS]))
 
 
 def _too_big(plan: MemoryPlan, warn: bool) -> MemoryPlan:

@@ -36,7 +36,7 @@ from dask.array.overlap import ensure_minimum_chunksize
 
 from gridflow._types import Boundary, CorrelationMethod
 from gridflow.backend import meta_like, ops
-from gridflow.engine.correlate import correlate, method_cost
+from gridflow.engine.correlate import correlate, method_cost, wrap_flags
 from gridflow.engine.rounds import StepCost, fusion_factor, run_rounds
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel
@@ -73,22 +73,25 @@ def vote(
     kernel: Kernel,
     method: str = "auto",
     planes: np.ndarray | None = None,
-    wrap: bool = False,
+    wrap: bool | tuple[bool, ...] = False,
+    exact: bool = False,
 ) -> np.ndarray:
     """Votes ``V`` (nclasses, *labels.shape) of one step; ``planes`` replaces the one-hot.
 
-    Cells within the window radius of the block's edge (unless ``wrap``)
-    get unspecified votes: callers read only cells whose window lies inside.
+    Along a dim that does not ``wrap``, cells within the window radius of
+    the block's edge get unspecified votes (callers read only cells whose
+    window lies inside), or, ``exact``, votes from nothing beyond the edge.
     """
     if planes is not None:
-        return correlate(planes, kernel, method, wrap)
+        return correlate(planes, kernel, method, wrap, exact)
     # When every cell is labeled, the class votes of a cell add up to the
     # kernel's sum (exactly: they are multiples of its quantum), so the last
-    # class needs no correlation of its own.
-    full = nclasses > 1 and labels.size > 0 and int(labels.min()) >= 0
+    # class needs no correlation of its own; not where a window reaches past
+    # an open edge of the block (``exact``), where nothing votes.
+    full = nclasses > 1 and labels.size > 0 and not exact and int(labels.min()) >= 0
     nplanes = nclasses - 1 if full else nclasses
     votes = ops(labels).xp.empty((nclasses, *labels.shape))
-    votes[:nplanes] = correlate(_onehot(labels, nplanes), kernel, method, wrap)
+    votes[:nplanes] = correlate(_onehot(labels, nplanes), kernel, method, wrap, exact)
     if full:
         _complete_last_plane(votes, kernel.weights.sum())
     return votes
@@ -157,7 +160,7 @@ def fused_steps(
     seed: np.ndarray | None = None,
     depth: tuple[int, ...] | None = None,
     final_votes: bool = False,
-    wrap: bool = False,
+    wrap: bool | tuple[bool, ...] = False,
 ) -> np.ndarray:
     """Run ``steps`` vote steps on one haloed block and return its interior.
 
@@ -167,8 +170,10 @@ def fused_steps(
     step ``t`` (global, from 1) adds ``total / 10**(t - 1)``, always in the
     same order, so fusion never changes a bit. ``clamp`` (same shape as
     ``labels``) holds labels to keep where >= 0; ``seed`` replaces the
-    one-hot planes of the first step (``seed="counts"``). ``wrap=True``:
-    the block is a whole periodic grid, needing no halo (``depth`` zeros).
+    one-hot planes of the first step (``seed="counts"``). ``wrap``: per
+    dim (or one flag for all), whether the block holds that dim of a
+    periodic grid whole, needing no halo along it (``depth`` zero there);
+    a dim of zero depth that does not wrap has nothing beyond the block.
 
     Returns a stacked float64 array: ``[labels, density, changed, labeled]``
     (the last two hold per-step counts in their first ``steps`` cells) plus,
@@ -178,6 +183,9 @@ def fused_steps(
     compiled = ops(labels).kernel("vote")
     radius = kernel.radius
     depth = tuple(steps * r for r in radius) if depth is None else depth
+    # A dim of zero depth that does not wrap has nothing beyond the block.
+    wrap = wrap_flags(wrap, labels.ndim)
+    exact = any(d == 0 and not w and r > 0 for d, w, r in zip(depth, wrap, radius, strict=True))
     exists = labels != OUTSIDE
     cur = labels
     dens = density
@@ -195,7 +203,7 @@ def fused_steps(
     basis = None
     for s in range(steps):
         if seed is not None and s == 0:
-            votes = vote(cur, nclasses, kernel, method, seed, wrap)
+            votes = vote(cur, nclasses, kernel, method, seed, wrap, exact)
         else:
             moved = None if basis is None else xp.flatnonzero(cur != basis)
             if (
@@ -210,7 +218,7 @@ def fused_steps(
                     votes, kernel.weights, moved, flat[moved], cur.reshape(-1)[moved], wrap
                 )
             else:
-                votes = vote(cur, nclasses, kernel, method, None, wrap)
+                votes = vote(cur, nclasses, kernel, method, None, wrap, exact)
             basis = cur
         new, total = decide(votes)
         if clamp is not None:
@@ -408,8 +416,9 @@ def run_dask(
     ncells = math.prod(labels.shape)
     if seed_counts is not None:
         seed_counts = seed_counts.rechunk(((seed_counts.shape[0],), *chunks))
-    whole = _whole_periodic(chunks, boundary)
-    cost = step_cost(kernel, nclasses, tuple(min(c) for c in chunks), method)
+    whole = all(_wrapping(chunks, boundary))
+    halo = _halo_radius(kernel, chunks)
+    cost = step_cost(kernel, nclasses, tuple(min(c) for c in chunks), method, halo)
     # Cells labeled after the previous step (exact counts; a resumed run's from its history).
     labeled_before = history[-1]["labeled"] * ncells if history else None
 
@@ -429,7 +438,7 @@ def run_dask(
         if sparse_:
             steps = sparse_engine.plan_steps(chunks, kernel.radius, remaining)
         else:
-            steps = fusion_factor(chunks, kernel.radius, remaining, cost, whole=whole)
+            steps = fusion_factor(chunks, halo, remaining, cost, whole=whole)
         return steps if fuse is None else min(steps, fuse)
 
     def advance(state: RoundState, steps: int) -> tuple[RoundState, np.ndarray]:
@@ -476,7 +485,11 @@ def run_dask(
 
 
 def step_cost(
-    kernel: Kernel, nclasses: int, block: tuple[int, ...], method: str = "auto"
+    kernel: Kernel,
+    nclasses: int,
+    block: tuple[int, ...],
+    method: str = "auto",
+    halo: tuple[int, ...] | None = None,
 ) -> StepCost:
     """What a vote step costs per cell, for :func:`~gridflow.engine.rounds.fusion_factor`.
 
@@ -486,7 +499,8 @@ def step_cost(
     quarter the rule fused too few steps and lost to fusing all the chunk
     allows).
     """
-    haloed = tuple(c + 2 * r for c, r in zip(block, kernel.radius, strict=True))
+    halo = kernel.radius if halo is None else halo
+    haloed = tuple(c + 2 * r for c, r in zip(block, halo, strict=True))
     first = nclasses * method_cost(kernel, haloed, method) / math.prod(haloed) * _UNIT_SECONDS
     return StepCost(first=first, later=first / 16)
 
@@ -512,8 +526,8 @@ def _round(
 ) -> da.Array:
     """One lazy round of ``steps`` fused steps from ``state``."""
     cur = state.labels
-    wrap = _whole_periodic(cur.chunks, boundary)
-    depth = tuple(0 if wrap else steps * r for r in kernel.radius)
+    wrap = _wrapping(cur.chunks, boundary)
+    depth = tuple(steps * r for r in _halo_radius(kernel, cur.chunks))
     bnd = "periodic" if boundary == "periodic" else OUTSIDE
     arrays = [cur] + ([fixed] if fixed is not None else [])
     depths = [dict(enumerate(depth))] * len(arrays)
@@ -555,9 +569,20 @@ def _round(
     )
 
 
-def _whole_periodic(chunks: tuple[tuple[int, ...], ...], boundary: str) -> bool:
-    """One chunk spanning a periodic grid: steps wrap inside it, with no halo."""
-    return boundary == "periodic" and all(len(c) == 1 for c in chunks)
+def _wrapping(chunks: tuple[tuple[int, ...], ...], boundary: str) -> tuple[bool, ...]:
+    """Per dim: held whole by one chunk on a periodic grid, so steps wrap inside the block."""
+    return tuple(boundary == "periodic" and len(c) == 1 for c in chunks)
+
+
+def _halo_radius(kernel: Kernel, chunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The halo a step needs per dim: the window radius, none along a dim held whole.
+
+    A dim in one chunk has nothing beyond the block: it wraps inside it
+    (periodic) or holds nothing past its edge (open), so in many dims (a
+    grid split along at most 3 of them) the blocks carry no halo along the
+    others, instead of one that would multiply their cells.
+    """
+    return tuple(0 if len(c) == 1 else r for r, c in zip(kernel.radius, chunks, strict=True))
 
 
 def _block_stats(out: da.Array, steps: int) -> da.Array:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from gridflow.engine.correlate import choose_method, correlate
+from gridflow.engine.correlate import choose_method, correlate, fft_exact
 from gridflow.engine.vote import OUTSIDE, run_dask, run_numpy
 from gridflow.errors import ParameterError
 from gridflow.kernels import parse_kernel
@@ -90,6 +90,54 @@ def test_distributed_equals_in_memory_bit_for_bit(kernel, boundary, shape, chunk
     ref = run_numpy(labels, nclasses=4, kernel=k, iterations=5, boundary=boundary)
     got = run_dask(
         da.from_array(labels, chunks=chunks), nclasses=4, kernel=k, iterations=5, boundary=boundary
+    )
+    got = dask.compute(got.labels, got.density, got.votes)
+    for a, b in zip(ref, got, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kernel", ["inverse_distance", "box", "gaussian"])
+@pytest.mark.parametrize("exact", [False, True])
+def test_every_method_wraps_per_dim(kernel, exact, rng):
+    # Dim 0 wraps, dim 1 has zeros beyond the block: the reference pads dim 0
+    # with its own ends and dim 1 with zeros, and correlates with zeros beyond.
+    labels = _random_labels(rng, (17, 21), 3, fill=0.5)
+    k = parse_kernel(kernel, window=3, ndim=2)
+    planes = (labels[None] == np.arange(3)[:, None, None]).astype(float)
+    padded = np.pad(planes, [(0, 0), (3, 3), (0, 0)], mode="wrap")
+    want = np.stack([ndi.correlate(p, k.weights, mode="constant") for p in padded])[:, 3:-3]
+    methods = ["direct"] + (["fft"] if fft_exact(k, planes.shape[1:]) else [])
+    methods += (["separable"] if k.separable else []) + (["box"] if k.is_box else [])
+    direct = correlate(planes, k, "direct", wrap=(True, False), exact=exact)
+    np.testing.assert_allclose(direct, want, rtol=0, atol=1e-9)
+    # Without `exact` the FFT may wrap within the radius of the open edges.
+    inside = slice(None) if exact else slice(3, -3)
+    for m in methods:
+        got = correlate(planes, k, m, wrap=(True, False), exact=exact)
+        assert np.array_equal(got[:, :, inside], direct[:, :, inside]), m
+
+
+def test_box_sums_of_counts_equal_the_float64_sums(rng):
+    # Integer counts take a float32 path (exact below 2**24): the same bits.
+    counts = rng.poisson(3.0, size=(3, 6, 5, 7, 4)).astype(np.uint32)
+    k = parse_kernel("box", window=1, ndim=4)
+    wrap = (True, False, True, False)
+    got = correlate(counts, k, "box", wrap=wrap, exact=True)
+    want = correlate(counts.astype(np.float64), k, "direct", wrap=wrap, exact=True)
+    assert got.dtype == np.float64 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", ["inverse_distance", "box"])
+@pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.parametrize("chunks", [(3, 4, 5, 6, 5), (6, 2, 5, 6, 5), (6, 8, 5, 6, 5)])
+def test_dims_held_whole_carry_no_halo_and_give_the_same_bits(kernel, boundary, chunks, rng):
+    # A 5-D grid split along at most 3 dims (the others whole: they wrap, or
+    # see nothing beyond their edge, inside the block) equals the in-memory run.
+    labels = _random_labels(rng, (6, 8, 5, 6, 5), 3, fill=0.05)
+    k = parse_kernel(kernel, window=1, ndim=5)
+    ref = run_numpy(labels, nclasses=3, kernel=k, iterations=3, boundary=boundary)
+    got = run_dask(
+        da.from_array(labels, chunks=chunks), nclasses=3, kernel=k, iterations=3, boundary=boundary
     )
     got = dask.compute(got.labels, got.density, got.votes)
     for a, b in zip(ref, got, strict=True):
