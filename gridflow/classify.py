@@ -43,6 +43,7 @@ from gridflow._types import (
     Support,
     choices,
 )
+from gridflow.backend import meta_like, ops
 from gridflow.checkpoint import RoundCheckpoint, resume_point
 from gridflow.engine.vote import (
     FinalRound,
@@ -365,7 +366,7 @@ def classify(
         start=start,
         materialise=bar.rounds(materialise or persist_round),
         history=history,
-        seed_counts=counts.astype(np.float64) if seed == "counts" else None,
+        seed_counts=counts if seed == "counts" else None,
         **run,
     )
     if n is None and final.step >= max_iter:
@@ -395,7 +396,7 @@ def classify(
             labels_l,
             boundary=boundary if all(level.periodic) else "open",
             materialise=bar.rounds(persist_round),
-            seed_counts=counts_l.astype(np.float64) if seed == "counts" else None,
+            seed_counts=counts_l if seed == "counts" else None,
             **{**run, "support": final_l_support},
         )
         level_steps.append(final_l.step)
@@ -539,17 +540,24 @@ def _outputs(
         data = sparse_engine.outputs(final, nclasses, probabilities)
     else:
         v = final.votes
-        total = v.sum(axis=0)
-        safe = da.where(total > 0, total, 1.0)
+        # One pass over the votes: [confidence, total, *probability] in float32.
+        planes = 2 + nclasses * bool(probabilities)
+        summary = v.map_blocks(
+            _summarise,
+            probabilities,
+            chunks=((planes,), *v.chunks[1:]),
+            dtype=np.float32,
+            meta=meta_like(v, v.ndim, np.float32),
+        )
         label_dtype = np.int16 if nclasses < 2**15 else np.int32
         data = {
             "label": final.labels.astype(label_dtype),
-            "confidence": da.where(total > 0, v.max(axis=0) / safe, 0.0).astype(np.float32),
+            "confidence": summary[0],
             "density": final.density.astype(np.float32),
-            "votes": total.astype(np.float32),
+            "votes": summary[1],
         }
         if probabilities:
-            data["probability"] = (v / safe).astype(np.float32)
+            data["probability"] = summary[2:]
     if not votes:
         data.pop("votes")
     return {
@@ -560,6 +568,20 @@ def _outputs(
         )
         for name, array in data.items()
     }
+
+
+def _summarise(votes: Any, probabilities: bool) -> Any:
+    """float32 ``[winning vote / total (0 without votes), total, *vote / total]`` of a block."""
+    compiled = ops(votes).kernel("vote")
+    if compiled is not None:
+        return compiled.summarise(votes, probabilities)
+    xp = ops(votes).xp
+    total = votes.sum(axis=0)
+    safe = xp.where(total > 0, total, 1.0)
+    planes = [xp.where(total > 0, votes.max(axis=0) / safe, 0.0)[None], total[None]]
+    if probabilities:
+        planes.append(votes / safe)
+    return xp.concatenate(planes).astype(np.float32)
 
 
 class _Checkpoint:

@@ -246,3 +246,33 @@ def test_a_grid_without_points_warns(tmp_path):
     ):
         with pytest.warns(EmptyGridWarning, match=f"{stage}: the grid holds no point"):
             run()
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_compiled_vote_summary_equals_the_array_one(probabilities, monkeypatch):
+    # confidence, total and probability from the compiled pass and from array
+    # operations (the path of a backend without kernels): the same float32 bits.
+    from gridflow._kernels import vote as kernels
+
+    classify_mod = sys.modules["gridflow.classify"]
+
+    rng = np.random.default_rng(3)
+    votes = rng.integers(0, 9, size=(4, 13, 11)) * 2.0**-20
+    votes[:, :3] = 0.0  # cells without votes
+    compiled = kernels.summarise(votes, probabilities)
+    monkeypatch.setattr(classify_mod, "ops", lambda a: _NoKernels(a))
+    plain = classify_mod._summarise(votes, probabilities)
+    assert compiled.dtype == plain.dtype == np.float32
+    assert compiled.shape == plain.shape == (2 + 4 * probabilities, 13, 11)
+    assert np.array_equal(compiled, plain)
+    assert np.all(compiled[0, :3] == 0) and np.all(compiled[1] == votes.sum(axis=0))
+
+
+class _NoKernels:
+    """A backend view with NumPy's arrays and no compiled kernels."""
+
+    def __init__(self, a):
+        self.xp = np
+
+    def kernel(self, operation):
+        return None

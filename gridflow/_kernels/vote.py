@@ -1,4 +1,5 @@
-"""Compiled kernels of the vote step: one-hot planes, decisions, sparse updates, box sums.
+"""Compiled kernels of the vote step: one-hot planes, decisions, sparse updates, box
+sums, and the summary of the last votes.
 
 Votes are exact multiples of the kernel's quantum (see
 :mod:`gridflow.kernels`), so they can be updated in place: when a few cells
@@ -186,7 +187,27 @@ def _compiled() -> Any:
                     for j in range(ninner):
                         row[j] += other[j]
 
-    return numba, onehot, decide, last_plane, scatter, box_axis
+    @njit(parallel=True, cache=True)
+    def summarise(votes, out, probabilities):  # pragma: no cover - compiled
+        # out[0]: winning vote / total (0 without votes), out[1]: the total,
+        # out[2:]: each class's vote / total (probabilities only).
+        nclasses, n = votes.shape
+        for i in prange(n):
+            tot = 0.0
+            top = votes[0, i]
+            for k in range(nclasses):
+                v = votes[k, i]
+                tot += v
+                if v > top:
+                    top = v
+            safe = tot if tot > 0 else 1.0
+            out[0, i] = top / safe if tot > 0 else 0.0
+            out[1, i] = tot
+            if probabilities:
+                for k in range(nclasses):
+                    out[2 + k, i] = votes[k, i] / safe
+
+    return numba, onehot, decide, last_plane, scatter, box_axis, summarise
 
 
 def onehot(labels: np.ndarray, nplanes: int) -> np.ndarray:
@@ -204,6 +225,15 @@ def decide(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = np.empty(flat.shape[1])
     _compiled()[2](flat, labels, total)
     return labels.reshape(shape), total.reshape(shape)
+
+
+def summarise(votes: np.ndarray, probabilities: bool) -> np.ndarray:
+    """float32 ``[confidence, total, *probability]`` planes of ``votes`` (nclasses, *shape)."""
+    shape = votes.shape[1:]
+    flat = np.ascontiguousarray(votes, dtype=np.float64).reshape(votes.shape[0], -1)
+    out = np.empty((2 + votes.shape[0] * bool(probabilities), flat.shape[1]), np.float32)
+    _compiled()[6](flat, out, bool(probabilities))
+    return out.reshape((out.shape[0], *shape))
 
 
 def complete_last_plane(votes: np.ndarray, full: float) -> None:
@@ -257,33 +287,45 @@ def scatter_changes(
     )
 
 
-def box_sums(planes: np.ndarray, radius: tuple[int, ...], wrap: tuple[bool, ...]) -> np.ndarray:
+def box_sums(
+    planes: np.ndarray,
+    radius: tuple[int, ...],
+    wrap: tuple[bool, ...],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Box sums of ``planes`` (nplanes, *shape), one axis at a time: along
     grid dim ``j`` the sum over ``|u| <= radius[j]``, wrapped where
     ``wrap[j]``, zeros beyond the block elsewhere. Exact on integer values;
-    returns float64.
+    returns float64 (into ``out`` when given: C-contiguous float64).
     """
     box_axis = _compiled()[5]
+    if out is None or out.dtype != np.float64 or not out.flags.c_contiguous:
+        out = np.empty(planes.shape)
     axes = [j for j, r in enumerate(radius) if r > 0]
     if not axes:
-        return planes.astype(np.float64)
+        out[...] = planes
+        return out
     # Integers below 2**24 are exact in float32: every partial sum is then
     # exact too, at half the memory traffic of float64. (Counts, an integer
     # dtype, take that path; float planes stay float64.) The first pass
-    # reads the planes as they are and the last one writes float64.
+    # reads the planes as they are and the last one writes float64 into
+    # `out`; the passes between alternate between one float32 buffer and
+    # the first half of `out`'s bytes, so that the second-to-last writes
+    # the separate buffer.
     taps = float(np.prod([2 * r + 1 for r in radius]))
     exact32 = planes.dtype.kind in "ui" and float(planes.max(initial=0)) * taps < 2**24
     work = np.float32 if exact32 else np.float64
+    own = np.empty(planes.shape, work)
+    if exact32:
+        half = out.reshape(-1).view(np.float32)[: planes.size].reshape(planes.shape)
+    else:
+        half = np.empty(planes.shape, work)
     cur = np.ascontiguousarray(planes)
-    spare = None
+    last = len(axes) - 1
     for k, j in enumerate(axes):
-        dtype = np.float64 if k == len(axes) - 1 else work
-        out = spare if spare is not None and spare.dtype == dtype else np.empty(cur.shape, dtype)
+        dst = out if k == last else own if (last - 1 - k) % 2 == 0 else half
         n = cur.shape[j + 1]
         outer = int(np.prod(cur.shape[: j + 1]))
-        box_axis(
-            cur.reshape(outer, n, -1), out.reshape(outer, n, -1), int(radius[j]), bool(wrap[j])
-        )
-        spare = cur if cur.dtype == work and cur is not planes else None
-        cur = out
-    return cur
+        box_axis(cur.reshape(outer, n, -1), dst.reshape(outer, n, -1), int(radius[j]), bool(wrap[j]))
+        cur = dst
+    return out

@@ -70,11 +70,11 @@ def _separable(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> 
     return out
 
 
-def _box(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
+def _box(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False, out: Any = None) -> Any:
     # Sums of 0/1 (or integer) values are exact in float64, in any order.
     compiled = ops(planes).kernel("vote")
     if compiled is not None:
-        return compiled.box_sums(planes, kernel.radius, wrap)
+        return compiled.box_sums(planes, kernel.radius, wrap, out)
     xp = ops(planes).xp
     out = planes
     for axis, w in enumerate(kernel.radius):
@@ -192,8 +192,9 @@ def correlate(
     method: str = "auto",
     wrap: bool | Sequence[bool] = False,
     exact: bool = False,
+    out: Any = None,
 ) -> Any:
-    """Correlate each plane ``planes[k]`` with the kernel.
+    """Correlate each plane ``planes[k]`` with the kernel (into ``out`` when given).
 
     ``wrap``: one flag per grid dim (or one for all). Along a dim that
     wraps, the block is the whole periodic grid. Along the others, cells
@@ -204,10 +205,14 @@ def correlate(
     wrap = wrap_flags(wrap, planes.ndim - 1)
     if method == "auto":
         method = choose_method(kernel, planes.shape[1:], float(planes.max(initial=1.0)))
-    if method != "box" or ops(planes).kernel("vote") is None:
-        # (The compiled box sums take integer counts as they are.)
-        planes = planes.astype(np.float64, copy=False)
-    return _METHODS[method](planes, kernel, wrap, exact)
+    if method == "box" and ops(planes).kernel("vote") is not None:
+        # The compiled box sums take integer counts as they are, and write `out`.
+        return _box(planes, kernel, wrap, exact, out)
+    result = _METHODS[method](planes.astype(np.float64, copy=False), kernel, wrap, exact)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 def wrap_flags(wrap: bool | Sequence[bool], ndim: int) -> Wrap:

@@ -198,10 +198,11 @@ def resolve_support(
         support = "reachable" if cheap and fits(reach) else "occupied"
     need = reach if support == "reachable" else float(occupied)
     if not fits(need):
+        other = "support='occupied', " if support == "reachable" else ""
         raise GridTooLargeError(
             f"grid: support={support!r} keeps up to {need:,.0f} active cells "
             f"({need * per_cell / 2**30:,.1f} GiB), more than the workers' "
-            f"{memory / 2**30:,.1f} GiB; use support='occupied', fewer bins or more memory"
+            f"{memory / 2**30:,.1f} GiB; use {other}fewer bins or more memory"
         )
     return support
 

@@ -75,23 +75,25 @@ def vote(
     planes: np.ndarray | None = None,
     wrap: bool | tuple[bool, ...] = False,
     exact: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Votes ``V`` (nclasses, *labels.shape) of one step; ``planes`` replaces the one-hot.
+    """Votes ``V`` (nclasses, *labels.shape) of one step, into ``out`` when given;
+    ``planes`` replaces the one-hot.
 
     Along a dim that does not ``wrap``, cells within the window radius of
     the block's edge get unspecified votes (callers read only cells whose
     window lies inside), or, ``exact``, votes from nothing beyond the edge.
     """
     if planes is not None:
-        return correlate(planes, kernel, method, wrap, exact)
+        return correlate(planes, kernel, method, wrap, exact, out)
     # When every cell is labeled, the class votes of a cell add up to the
     # kernel's sum (exactly: they are multiples of its quantum), so the last
     # class needs no correlation of its own; not where a window reaches past
     # an open edge of the block (``exact``), where nothing votes.
     full = nclasses > 1 and labels.size > 0 and not exact and int(labels.min()) >= 0
     nplanes = nclasses - 1 if full else nclasses
-    votes = ops(labels).xp.empty((nclasses, *labels.shape))
-    votes[:nplanes] = correlate(_onehot(labels, nplanes), kernel, method, wrap, exact)
+    votes = ops(labels).xp.empty((nclasses, *labels.shape)) if out is None else out
+    correlate(_onehot(labels, nplanes), kernel, method, wrap, exact, votes[:nplanes])
     if full:
         _complete_last_plane(votes, kernel.weights.sum())
     return votes
@@ -196,14 +198,19 @@ def fused_steps(
     absent = absent if bool(absent.any()) else None
     # Per step: cells of this block that changed label, and that are labeled,
     # kept in the first cells of two planes (a block has at least `steps` cells).
-    changed = xp.zeros(cur[interior].size)
-    labeled = xp.zeros(cur[interior].size)
+    changed = np.zeros(steps)
+    labeled = np.zeros(steps)
+    # A block without a halo returns its votes whole: the steps write them
+    # straight into the output stack.
+    nout = 4 + (nclasses if final_votes else 0)
+    stack = xp.empty((nout, *labels.shape)) if not any(depth) else None
+    into = stack[4:] if stack is not None and final_votes else None
     # Labels whose one-hot planes gave `votes` (None after counts planes):
     # later steps update those votes in place where few cells changed.
     basis = None
     for s in range(steps):
         if seed is not None and s == 0:
-            votes = vote(cur, nclasses, kernel, method, seed, wrap, exact)
+            votes = vote(cur, nclasses, kernel, method, seed, wrap, exact, into)
         else:
             moved = None if basis is None else xp.flatnonzero(cur != basis)
             if (
@@ -218,31 +225,34 @@ def fused_steps(
                     votes, kernel.weights, moved, flat[moved], cur.reshape(-1)[moved], wrap
                 )
             else:
-                votes = vote(cur, nclasses, kernel, method, None, wrap, exact)
+                votes = vote(cur, nclasses, kernel, method, None, wrap, exact, into)
             basis = cur
         new, total = decide(votes)
         if clamp is not None:
             new = xp.where(clamp >= 0, clamp, new)
         new[~exists] = OUTSIDE
-        changed[s] = xp.count_nonzero(new[interior] != cur[interior])
-        labeled[s] = xp.count_nonzero(new[interior] >= 0)
+        changed[s] = int(xp.count_nonzero(new[interior] != cur[interior]))
+        labeled[s] = int(xp.count_nonzero(new[interior] >= 0))
         cur = new
         step_total = total[interior]
         if absent is not None:
             step_total = xp.where(absent, 0.0, step_total)
         step_density = step_total / 10.0 ** (first_step + s - 1)
         dens = step_density if dens is None else dens + step_density
-    shape = cur[interior].shape
-    out = [
-        cur[interior].astype(np.float64)[None],
-        dens[None],
-        changed.reshape(shape)[None],
-        labeled.reshape(shape)[None],
-    ]
+    # The stack is filled in place (no per-plane temporaries and a copy of them all).
+    out = stack if stack is not None else xp.empty((nout, *cur[interior].shape))
+    out[0] = cur[interior]
+    out[1] = dens
+    for plane, counts in ((out[2], changed), (out[3], labeled)):
+        flat = plane.reshape(-1)
+        flat[:] = 0.0
+        flat[:steps] = xp.asarray(counts)
     if final_votes:
-        last = votes[(slice(None), *interior)]
-        out.append(last if absent is None else xp.where(absent, 0.0, last))
-    return xp.concatenate(out, axis=0)
+        if votes is not into:
+            out[4:] = votes[(slice(None), *interior)]
+        if absent is not None:
+            out[4:][:, absent] = 0.0
+    return out
 
 
 # --- the in-memory reference --------------------------------------------------------
