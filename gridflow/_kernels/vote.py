@@ -326,6 +326,8 @@ def box_sums(
         dst = out if k == last else own if (last - 1 - k) % 2 == 0 else half
         n = cur.shape[j + 1]
         outer = int(np.prod(cur.shape[: j + 1]))
-        box_axis(cur.reshape(outer, n, -1), dst.reshape(outer, n, -1), int(radius[j]), bool(wrap[j]))
+        box_axis(
+            cur.reshape(outer, n, -1), dst.reshape(outer, n, -1), int(radius[j]), bool(wrap[j])
+        )
         cur = dst
     return out

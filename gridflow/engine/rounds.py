@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import dask.array as da
 import numpy as np
 from dask.array.overlap import ensure_minimum_chunksize
 
@@ -26,7 +27,9 @@ __all__ = [
     "ROUND_SECONDS",
     "StepCost",
     "fusion_factor",
+    "halo_radius",
     "max_fusion",
+    "overlap_round",
     "round_chunks",
     "run_rounds",
 ]
@@ -73,6 +76,78 @@ def max_fusion(chunk: Sequence[int], radius: Sequence[int], remaining: int) -> i
     """The most steps a round may fuse: its halo fits the neighbouring chunk."""
     f = min(c // max(r, 1) for c, r in zip(chunk, radius, strict=True))
     return max(1, min(f, remaining))
+
+
+def halo_radius(radius: Sequence[int], chunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The halo a step needs per dim: the window radius, none along a dim held whole.
+
+    A dim in one chunk has nothing beyond the block: it wraps inside it
+    (periodic) or holds nothing past its edge (open), so in many dims (a
+    grid split along at most 3 of them) the blocks carry no halo along the
+    others, instead of one that would multiply their cells.
+    """
+    return tuple(0 if len(c) == 1 else int(r) for r, c in zip(radius, chunks, strict=True))
+
+
+def overlap_round(
+    block: Callable[..., Any],
+    state: Any,
+    extras: Sequence[Any],
+    seed_counts: Any,
+    *,
+    depth: tuple[int, ...],
+    boundary: str,
+    open_fill: Any,
+    seed_fill: Any,
+    nplanes: int,
+    meta: Any,
+    **kwargs: Any,
+) -> Any:
+    """One lazy round of a vote engine: ``block`` mapped with ``map_overlap``.
+
+    The blocks get ``state.labels`` and ``extras`` (labels-shaped) with a
+    halo of ``depth``, the ``(class, *dims)`` seed counts on the first step
+    (``state.step == 0``) with the same halo, and the carried density
+    without one; on a periodic ``boundary`` the halos wrap, and beyond an
+    open edge the labels and extras hold
+    ``open_fill`` and the seed counts ``seed_fill``. The output stacks
+    ``nplanes`` planes over the labels' chunks. ``block`` also receives
+    ``has_seed``, ``has_density``, ``first_step`` and ``depth_``, and
+    ``kwargs``.
+    """
+    cur = state.labels
+    periodic = boundary == "periodic"
+    arrays = [cur, *extras]
+    depths = [dict(enumerate(depth))] * len(arrays)
+    bounds = ["periodic" if periodic else open_fill] * len(arrays)
+    seeded = seed_counts is not None and state.step == 0
+    if seeded:
+        arrays.append(seed_counts)
+        depths.append({0: 0, **{i + 1: d for i, d in enumerate(depth)}})
+        bounds.append("periodic" if periodic else seed_fill)
+    if state.density is not None:
+        arrays.append(state.density)
+        depths.append(dict.fromkeys(range(cur.ndim), 0))
+        bounds.append("none")
+    return da.map_overlap(
+        block,
+        *arrays,
+        depth=depths,
+        boundary=bounds,
+        trim=False,
+        align_arrays=False,
+        dtype=np.float64,
+        # The stacked output's first axis is new, unless the (class, *dims)
+        # counts already lend it theirs.
+        **({} if seeded else {"new_axis": 0}),
+        chunks=((nplanes,), *cur.chunks),
+        meta=meta,
+        has_seed=seeded,
+        has_density=state.density is not None,
+        first_step=state.step + 1,
+        depth_=depth,
+        **kwargs,
+    )
 
 
 def round_chunks(

@@ -32,7 +32,7 @@ import dask.array as da
 import numpy as np
 
 from gridflow._kernels import sparse as kernels
-from gridflow.engine.rounds import StepCost, fusion_factor, max_fusion
+from gridflow.engine.rounds import StepCost, fusion_factor, halo_radius, max_fusion, overlap_round
 from gridflow.errors import GridTooLargeError, ParameterError
 from gridflow.kernels import Kernel
 from gridflow.sparse_grid import coo, linear_keys, unravel_keys
@@ -134,10 +134,6 @@ def check_kernel(kernel: Kernel) -> None:
         )
 
 
-def _split(chunks: tuple[tuple[int, ...], ...]) -> tuple[bool, ...]:
-    return tuple(len(c) > 1 for c in chunks)
-
-
 def run_chunks(chunks: tuple[tuple[int, ...], ...], radius: tuple[int, ...]) -> tuple:
     """``chunks`` with every split dim's chunks at least one step's halo deep."""
     from dask.array.overlap import ensure_minimum_chunksize
@@ -156,11 +152,10 @@ def plan_steps(chunks: tuple[tuple[int, ...], ...], radius: tuple[int, ...], rem
     keeps its per-step counts); otherwise :func:`fusion_factor` weighs the
     halo against the rounds, with the dims held whole at radius 0.
     """
-    split = _split(chunks)
     core = math.prod(min(c) for c in chunks)
-    if not any(split):
+    if all(len(c) == 1 for c in chunks):
         return max(1, min(remaining, core))
-    eff = tuple(r if s else 0 for r, s in zip(radius, split, strict=True))
+    eff = halo_radius(radius, chunks)
     block = tuple(min(c) for c in chunks)
     cost = StepCost(first=_PROBE_SECONDS, later=_PROBE_SECONDS)
     steps = fusion_factor(chunks, eff, remaining, cost)
@@ -227,46 +222,25 @@ def round_(
     ``support="occupied"``; None: every cell exists.
     """
     cur = state.labels
-    periodic = boundary == "periodic"
-    split = _split(cur.chunks)
-    depth = tuple(steps * r if s else 0 for r, s in zip(kernel.radius, split, strict=True))
-    bnd = "periodic" if periodic else "none"
-    arrays = [cur]
-    depths = [dict(enumerate(depth))]
-    for extra in (support, fixed):
-        if extra is not None:
-            arrays.append(extra)
-            depths.append(dict(enumerate(depth)))
-    seeded = seed_counts is not None and state.step == 0
-    if seeded:
-        arrays.append(seed_counts)
-        depths.append({0: 0, **{i + 1: d for i, d in enumerate(depth)}})
-    if state.density is not None:
-        arrays.append(state.density)
-        depths.append(dict.fromkeys(range(cur.ndim), 0))
-    nplanes = 4 + (nclasses if final_votes else 0)
-    return da.map_overlap(
+    depth = tuple(steps * r for r in halo_radius(kernel.radius, cur.chunks))
+    return overlap_round(
         _round_block,
-        *arrays,
-        depth=depths,
-        boundary=[bnd] * len(arrays),
-        trim=False,
-        align_arrays=False,
-        dtype=np.float64,
-        **({} if seeded else {"new_axis": 0}),
-        chunks=((nplanes,), *cur.chunks),
+        state,
+        [extra for extra in (support, fixed) if extra is not None],
+        seed_counts,
+        depth=depth,
+        boundary=boundary,
+        open_fill="none",
+        seed_fill="none",
+        nplanes=4 + (nclasses if final_votes else 0),
         meta=_meta(np.float64, cur.ndim + 1, 0.0),
         has_support=support is not None,
         has_clamp=fixed is not None,
-        has_seed=seeded,
-        has_density=state.density is not None,
         nclasses=nclasses,
         kernel=kernel,
         steps=steps,
-        first_step=state.step + 1,
-        depth_=depth,
         grid_chunks=cur.chunks,
-        periodic=periodic,
+        periodic=boundary == "periodic",
         final_votes=final_votes,
     )
 

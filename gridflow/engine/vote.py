@@ -37,7 +37,7 @@ from dask.array.overlap import ensure_minimum_chunksize
 from gridflow._types import Boundary, CorrelationMethod
 from gridflow.backend import meta_like, ops
 from gridflow.engine.correlate import correlate, method_cost, wrap_flags
-from gridflow.engine.rounds import StepCost, fusion_factor, run_rounds
+from gridflow.engine.rounds import StepCost, fusion_factor, halo_radius, overlap_round, run_rounds
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel
 from gridflow.sparse_grid import is_sparse
@@ -427,7 +427,7 @@ def run_dask(
     if seed_counts is not None:
         seed_counts = seed_counts.rechunk(((seed_counts.shape[0],), *chunks))
     whole = all(_wrapping(chunks, boundary))
-    halo = _halo_radius(kernel, chunks)
+    halo = halo_radius(kernel.radius, chunks)
     cost = step_cost(kernel, nclasses, tuple(min(c) for c in chunks), method, halo)
     # Cells labeled after the previous step (exact counts; a resumed run's from its history).
     labeled_before = history[-1]["labeled"] * ncells if history else None
@@ -536,63 +536,31 @@ def _round(
 ) -> da.Array:
     """One lazy round of ``steps`` fused steps from ``state``."""
     cur = state.labels
-    wrap = _wrapping(cur.chunks, boundary)
-    depth = tuple(steps * r for r in _halo_radius(kernel, cur.chunks))
-    bnd = "periodic" if boundary == "periodic" else OUTSIDE
-    arrays = [cur] + ([fixed] if fixed is not None else [])
-    depths = [dict(enumerate(depth))] * len(arrays)
-    bounds = [bnd] * len(arrays)
-    seeded = seed_counts is not None and state.step == 0
-    if seeded:
-        arrays.append(seed_counts)
-        depths.append({0: 0, **{i + 1: d for i, d in enumerate(depth)}})
-        bounds.append("periodic" if boundary == "periodic" else 0)
-    if state.density is not None:
-        arrays.append(state.density)
-        depths.append(dict.fromkeys(range(cur.ndim), 0))
-        bounds.append("none")
-    nplanes = 4 + (nclasses if final_votes else 0)
-    return da.map_overlap(
+    depth = tuple(steps * r for r in halo_radius(kernel.radius, cur.chunks))
+    return overlap_round(
         _round_block,
-        *arrays,
-        depth=depths,
-        boundary=bounds,
-        trim=False,
-        align_arrays=False,
-        dtype=np.float64,
-        # The stacked output's first axis is new, unless the (class, *dims)
-        # counts already lend it theirs.
-        **({} if seeded else {"new_axis": 0}),
-        chunks=((nplanes,), *cur.chunks),
+        state,
+        [fixed] if fixed is not None else [],
+        seed_counts,
+        depth=depth,
+        boundary=boundary,
+        open_fill=OUTSIDE,
+        seed_fill=0,
+        nplanes=4 + (nclasses if final_votes else 0),
         meta=meta_like(cur, cur.ndim + 1, np.float64),
         has_clamp=fixed is not None,
-        has_seed=seeded,
-        has_density=state.density is not None,
         nclasses=nclasses,
         kernel=kernel,
         steps=steps,
-        first_step=state.step + 1,
         method=method,
-        depth_=depth,
         final_votes=final_votes,
-        wrap=wrap,
+        wrap=_wrapping(cur.chunks, boundary),
     )
 
 
 def _wrapping(chunks: tuple[tuple[int, ...], ...], boundary: str) -> tuple[bool, ...]:
     """Per dim: held whole by one chunk on a periodic grid, so steps wrap inside the block."""
     return tuple(boundary == "periodic" and len(c) == 1 for c in chunks)
-
-
-def _halo_radius(kernel: Kernel, chunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
-    """The halo a step needs per dim: the window radius, none along a dim held whole.
-
-    A dim in one chunk has nothing beyond the block: it wraps inside it
-    (periodic) or holds nothing past its edge (open), so in many dims (a
-    grid split along at most 3 of them) the blocks carry no halo along the
-    others, instead of one that would multiply their cells.
-    """
-    return tuple(0 if len(c) == 1 else r for r, c in zip(kernel.radius, chunks, strict=True))
 
 
 def _block_stats(out: da.Array, steps: int) -> da.Array:
