@@ -217,7 +217,7 @@ def _chunk_plane(
     their max, sum or per-class counts (``how``). ``cut``: the cell kept of
     each sliced axis."""
     n0, n1 = size
-    coords, values = block.coords, np.asarray(block.data)
+    coords, values = block.coords.astype(np.int64), np.asarray(block.data)
     if cut:
         keep = np.ones(values.size, dtype=bool)
         for axis, index in cut.items():

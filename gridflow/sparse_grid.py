@@ -15,7 +15,15 @@ import numpy as np
 
 from gridflow.backend import ops
 
-__all__ = ["MAX_SPLIT_DIMS", "coo", "densify", "is_sparse", "linear_keys", "unravel_keys"]
+__all__ = [
+    "MAX_SPLIT_DIMS",
+    "coo",
+    "densify",
+    "index_dtype",
+    "is_sparse",
+    "linear_keys",
+    "unravel_keys",
+]
 
 #: Spatial dims a sparse grid is chunked along (the others are whole): a
 #: halo then touches at most 3**3 - 1 neighbour blocks whatever the dimension.
@@ -39,17 +47,35 @@ def is_sparse(x: Any) -> bool:
         return False
 
 
-def coo(coords: np.ndarray, data: np.ndarray, shape: Sequence[int], fill_value: Any = 0) -> Any:
-    """A ``sparse.COO`` from sorted, distinct ``(ndim, n)`` coordinates."""
+def index_dtype(shape: Sequence[int]) -> np.dtype:
+    """The smallest unsigned integer that holds every coordinate of ``shape``.
+
+    A chunk's coordinates are most of its memory: 8 bytes a dim and entry as
+    int64, 1 as uint8 (a 6-D chunk of 24-cell sides: 48 bytes an entry
+    against 6). Arithmetic on them casts to int64 first.
+    """
+    return np.min_scalar_type(max([int(n) - 1 for n in shape] + [0]))
+
+
+def coo(
+    coords: np.ndarray,
+    data: np.ndarray,
+    shape: Sequence[int],
+    fill_value: Any = 0,
+    sorted: bool = True,
+) -> Any:
+    """A ``sparse.COO`` from distinct ``(ndim, n)`` coordinates (in row-major order
+    unless ``sorted=False``), held as :func:`index_dtype`."""
     import sparse
 
+    shape = tuple(int(n) for n in shape)
     return sparse.COO(
-        np.asarray(coords, dtype=np.int64).reshape(len(shape), -1),
+        np.asarray(coords).reshape(len(shape), -1).astype(index_dtype(shape), copy=False),
         np.asarray(data),
-        shape=tuple(int(s) for s in shape),
+        shape=shape,
         fill_value=fill_value,
         has_duplicates=False,
-        sorted=True,
+        sorted=sorted,
     )
 
 

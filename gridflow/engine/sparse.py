@@ -25,6 +25,7 @@ counts in the first cells of their planes).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -32,7 +33,7 @@ import dask.array as da
 import numpy as np
 
 from gridflow._kernels import sparse as kernels
-from gridflow.engine.rounds import StepCost, fusion_factor, halo_radius, max_fusion, overlap_round
+from gridflow.engine.rounds import StepCost, fusion_factor, halo_radius, max_fusion
 from gridflow.errors import GridTooLargeError, ParameterError
 from gridflow.kernels import Kernel
 from gridflow.sparse_grid import coo, linear_keys, unravel_keys
@@ -63,6 +64,8 @@ _CELL_BYTES = 96
 #: figure (not measured per probe; a loaded 2-core machine took about 90 ns a
 #: neighbour pair in 8-D), and only its ratio to the halo's cost matters there.
 _PROBE_SECONDS = 4e-8
+#: Share of a worker thread's memory a block's dense votes may take.
+DENSE_BLOCK_SHARE = 0.125
 
 
 def _meta(dtype: Any, ndim: int, fill: Any) -> Any:
@@ -223,15 +226,13 @@ def round_(
     """
     cur = state.labels
     depth = tuple(steps * r for r in halo_radius(kernel.radius, cur.chunks))
-    return overlap_round(
+    return _overlap_round(
         _round_block,
         state,
         [extra for extra in (support, fixed) if extra is not None],
         seed_counts,
         depth=depth,
-        boundary=boundary,
-        open_fill="none",
-        seed_fill="none",
+        periodic=boundary == "periodic",
         nplanes=4 + (nclasses if final_votes else 0),
         meta=_meta(np.float64, cur.ndim + 1, 0.0),
         has_support=support is not None,
@@ -240,9 +241,152 @@ def round_(
         kernel=kernel,
         steps=steps,
         grid_chunks=cur.chunks,
-        periodic=boundary == "periodic",
         final_votes=final_votes,
+        dense_cells=dense_block_cells(nclasses),
     )
+
+
+def _overlap_round(
+    block: Any,
+    state: Any,
+    extras: list[da.Array],
+    seed_counts: da.Array | None,
+    *,
+    depth: tuple[int, ...],
+    periodic: bool,
+    nplanes: int,
+    meta: Any,
+    **kwargs: Any,
+) -> da.Array:
+    """:func:`gridflow.engine.rounds.overlap_round` for COO chunks: one task a block.
+
+    Each block's task takes its neighbours' COO chunks whole and cuts their
+    halo slabs itself (:func:`_haloed`), one pass over each neighbour's
+    entries, where ``map_overlap`` would slice every piece apart and
+    concatenate them again as more tasks (most of a crowded sparse round's
+    time). The halo is ``depth`` deep along the split dims, at most one
+    chunk (:func:`~gridflow.engine.rounds.max_fusion`), wrapping when
+    ``periodic`` and absent beyond an open edge; the seed counts (class
+    axis whole) on the first step and the carried density (no halo) as
+    ``overlap_round`` gives them, and so are the keywords ``block`` gets
+    (with ``periodic``).
+    """
+    import functools
+
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    cur = state.labels
+    chunks = cur.chunks
+    seeded = seed_counts is not None and state.step == 0
+    density = state.density
+    fn = functools.partial(
+        block,
+        has_seed=seeded,
+        has_density=density is not None,
+        first_step=state.step + 1,
+        depth_=depth,
+        periodic=periodic,
+        **kwargs,
+    )
+    haloed = [*([cur, *extras]), *([seed_counts] if seeded else [])]
+    name = "sparse-round-" + tokenize(
+        [a.name for a in haloed], density.name if density is not None else None,
+        depth, periodic, nplanes, state.step, sorted(kwargs.items(), key=str),
+    )  # fmt: skip
+    dsk: dict[Any, Any] = {}
+    for idx in np.ndindex(*cur.numblocks):
+        pieces = list(itertools.product(*_halo_pieces(idx, chunks, depth, periodic)))
+        boxes = np.array([[[p[k] for p in piece] for k in (1, 2, 3)] for piece in pieces])
+        shape = _haloed_shape(pieces)
+        keys = [
+            [
+                (a.name, *((0,) if a is seed_counts else ()), *(p[0] for p in piece))
+                for piece in pieces
+            ]
+            for a in haloed
+        ]
+        own = [(density.name, *idx)] if density is not None else []
+        dsk[(name, 0, *idx)] = (_haloed_round, fn, (0, *idx), shape, boxes, keys, own)
+    graph = HighLevelGraph.from_collections(
+        name, dsk, dependencies=[*haloed, *([density] if density is not None else [])]
+    )
+    return da.Array(graph, name, ((nplanes,), *chunks), meta=meta)
+
+
+def _halo_pieces(
+    idx: tuple[int, ...], chunks: tuple, depth: tuple[int, ...], periodic: bool
+) -> list[list[tuple[int, int, int, int]]]:
+    """Per dim, the ``(neighbour, lo, hi, at)`` slabs of a haloed block: the
+    neighbour's cells ``[lo, hi)`` along that dim land at ``at`` onwards."""
+    out = []
+    for i, c, d in zip(idx, chunks, depth, strict=True):
+        n = len(c)
+        below = bool(d) and (periodic or i > 0)
+        above = bool(d) and (periodic or i < n - 1)
+        start = d if below else 0
+        dim = [(i, 0, c[i], start)]
+        if below:
+            dim.insert(0, ((i - 1) % n, c[(i - 1) % n] - d, c[(i - 1) % n], 0))
+        if above:
+            dim.append(((i + 1) % n, 0, d, start + c[i]))
+        out.append(dim)
+    return out
+
+
+def _haloed_shape(pieces: list[tuple]) -> tuple[int, ...]:
+    """Spatial shape of the haloed block the slabs of ``pieces`` make."""
+    dims = len(pieces[0])
+    return tuple(
+        max(piece[j][3] + piece[j][2] - piece[j][1] for piece in pieces) for j in range(dims)
+    )
+
+
+def _haloed_round(
+    fn: Any,
+    block_id: tuple[int, ...],
+    shape: tuple[int, ...],
+    boxes: np.ndarray,
+    inputs: list[list[Any]],
+    own: list[Any],
+) -> Any:
+    """Assemble each input's haloed COO block from its neighbours' chunks, then run ``fn``."""
+    return fn(*(_haloed(parts, boxes, shape) for parts in inputs), *own, block_id=block_id)
+
+
+def _haloed(parts: list[Any], boxes: np.ndarray, shape: tuple[int, ...]) -> Any:
+    """One COO block of ``shape`` (after any leading whole axis of the parts)
+    from the slabs ``boxes[p] = (lo, hi, at)`` of the parts ``parts[p]``."""
+    lead = parts[0].ndim - len(shape)
+    coords, data = [], []
+    for part, (lo, hi, at) in zip(parts, boxes, strict=True):
+        c = part.coords.astype(np.int64)
+        keep = np.ones(c.shape[1], bool)
+        for j in range(len(shape)):
+            if lo[j] > 0 or hi[j] < part.shape[lead + j]:
+                keep &= (c[lead + j] >= lo[j]) & (c[lead + j] < hi[j])
+        c = c[:, keep]
+        c[lead:] += (at - lo)[:, None]
+        coords.append(c)
+        data.append(np.asarray(part.data)[keep])
+    full = (*parts[0].shape[:lead], *shape)
+    return coo(
+        np.concatenate(coords, axis=1),
+        np.concatenate(data),
+        full,
+        parts[0].fill_value,
+        sorted=False,
+    )
+
+
+def dense_block_cells(nclasses: int) -> int:
+    """Most cells of a block whose votes a step may sum densely: the dense
+    votes (float64 a class) and their one-hot and window-sum temporaries,
+    about 3 copies, in :data:`DENSE_BLOCK_SHARE` of a worker thread's memory."""
+    from gridflow.runtime import worker_memory
+
+    memory, threads = worker_memory()
+    return int(DENSE_BLOCK_SHARE * memory / max(threads, 1) / (3 * 8 * max(nclasses, 1) + 8))
 
 
 def _core_box(
@@ -325,6 +469,7 @@ def _round_block(
     grid_chunks: tuple,
     periodic: bool,
     final_votes: bool,
+    dense_cells: int,
 ) -> Any:
     labels, rest = blocks[0], list(blocks[1:])
     support = rest.pop(0) if has_support else None
@@ -375,16 +520,17 @@ def _round_block(
         else:
             tkeys = _dilate(src_keys, shape, radius, wrap, lo, hi)
         tcoords = unravel_keys(tkeys, shape)
-        votes = kernels.gather(
+        votes = _step_votes(
             unravel_keys(src_keys, shape),
-            np.zeros(src_keys.size, np.int32) if src_labels is None else src_labels,
+            src_labels,
             rows if src_labels is None else None,
+            seed if src_labels is None else None,
             tcoords,
             nclasses=nclasses,
-            radius=r,
+            kernel=kernel,
             shape=shape,
             wrap=wrap,
-            weights=kernel.weights,
+            dense_cells=dense_cells,
         )
         new, total = kernels.decide(votes)
         if clamp is not None:
@@ -409,6 +555,81 @@ def _round_block(
         shape, left, core, skeys, slabels, dkeys, dvalues, changed, labeled,
         (tkeys, votes) if final_votes else None, nclasses,
     )  # fmt: skip
+
+
+def _step_votes(
+    scoords: np.ndarray,
+    slabels: np.ndarray | None,
+    srows: np.ndarray | None,
+    seed: Any,
+    tcoords: np.ndarray,
+    *,
+    nclasses: int,
+    kernel: Kernel,
+    shape: np.ndarray,
+    wrap: np.ndarray,
+    dense_cells: int,
+) -> np.ndarray:
+    """``(m, nclasses)`` votes of a step at the targets ``tcoords``: from the
+    neighbour pairs (:func:`gridflow._kernels.sparse.gather`), or from the
+    dense engine's window sums over the block where those cost less.
+
+    Where the points fill a block, the pairs outnumber the block's cells
+    times its per-cell cost (:func:`dense_cheaper`); a block of at most
+    ``dense_cells`` cells is then densified, voted as the dense engine does
+    with nothing beyond its edges (its halo holds every source the targets
+    see), and read at the targets. Votes are exact sums of dyadic weights,
+    so both ways give the same bits. ``srows``/``seed``: the first step of
+    ``seed="counts"`` (per-source class counts; the seed COO block).
+    """
+    n, m = scoords.shape[1], tcoords.shape[1]
+    dims = tuple(int(x) for x in shape)
+    if m and math.prod(dims) <= dense_cells and dense_cheaper(n, m, kernel, dims, nclasses):
+        from gridflow.engine.vote import UNLABELED, vote
+
+        flags = tuple(bool(w) for w in wrap)
+        if srows is not None:
+            votes = vote(None, nclasses, kernel, "auto", seed.todense(), flags, True)
+        else:
+            cells = np.full(dims, UNLABELED, np.int32)
+            cells[tuple(scoords)] = slabels
+            votes = vote(cells, nclasses, kernel, "auto", None, flags, True)
+        return np.ascontiguousarray(votes[(slice(None), *tcoords)].T)
+    return kernels.gather(
+        scoords,
+        np.zeros(n, np.int32) if slabels is None else slabels,
+        srows,
+        tcoords,
+        nclasses=nclasses,
+        radius=np.array(kernel.radius, np.int64),
+        shape=shape,
+        wrap=wrap,
+        weights=kernel.weights,
+    )
+
+
+def dense_cheaper(
+    sources: int, targets: int, kernel: Kernel, shape: tuple[int, ...], nclasses: int
+) -> bool:
+    """Whether a step's votes cost less as dense window sums over the block
+    ``shape`` than as neighbour pairs.
+
+    The pairs' cost (:data:`_PROBE_SECONDS` a probe): each target probes the
+    source lines of its window along the last dim that hold a source, about
+    ``prod(2w+1 over the other dims)`` times the chance that a line of the
+    block holds one, ``2w+1`` cells each. The dense cost is the dense
+    engine's (:func:`gridflow.engine.correlate.method_cost`) per class.
+    """
+    from gridflow.engine.correlate import method_cost
+    from gridflow.engine.vote import _UNIT_SECONDS
+
+    volume = math.prod(shape)
+    side = [2 * r + 1 for r in kernel.radius]
+    lines = volume / max(shape[-1], 1)
+    filled = min(1.0, sources / max(lines, 1.0))
+    probes = targets * math.prod(side[:-1]) * filled * side[-1]
+    dense = nclasses * method_cost(kernel, shape, "auto") * _UNIT_SECONDS
+    return dense < probes * _PROBE_SECONDS
 
 
 def _stack(
@@ -453,17 +674,8 @@ def _stack(
         for k in range(nclasses):
             add(4 + k, c, v[:, k])
     nplanes = 4 + (nclasses if final is not None else 0)
-    import sparse
-
-    out = sparse.COO(
-        np.concatenate(coords, axis=1),
-        np.concatenate(data),
-        shape=(nplanes, *(int(n) for n in core)),
-        fill_value=0.0,
-        has_duplicates=False,
-        sorted=False,
-    )
-    return out
+    shape_out = (nplanes, *(int(n) for n in core))
+    return coo(np.concatenate(coords, axis=1), np.concatenate(data), shape_out, 0.0, sorted=False)
 
 
 # --- outputs ------------------------------------------------------------------------

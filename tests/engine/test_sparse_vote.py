@@ -20,6 +20,22 @@ from gridflow.kernels import parse_kernel
 from gridflow.sparse_grid import densify, is_sparse
 
 
+@pytest.fixture(params=["pairs", "dense"])
+def votes_path(request, monkeypatch):
+    """Each step's votes from the neighbour pairs, or from the block's dense
+    window sums (the engine picks the cheaper per step: both must be exact)."""
+    dense = request.param == "dense"
+    calls = []
+
+    def rule(*args):
+        calls.append(args)
+        return dense
+
+    monkeypatch.setattr(sparse_engine, "dense_cheaper", rule)
+    yield request.param
+    assert calls, "the sparse engine never chose how to vote"
+
+
 def _counts(rng, shape, nclasses, fill=0.05):
     counts = np.zeros((nclasses, *shape), np.uint32)
     n = max(3, int(np.prod(shape) * fill))
@@ -64,6 +80,7 @@ KERNEL_CASES = [
 
 @pytest.mark.parametrize("kernel,shape,nclasses,window,chunks", KERNEL_CASES)
 @pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.usefixtures("votes_path")
 def test_reachable_equals_dense(kernel, shape, nclasses, window, chunks, boundary, rng):
     counts = _counts(rng, shape, nclasses)
     k = parse_kernel(kernel, window=window, ndim=len(shape))
@@ -79,6 +96,7 @@ def test_reachable_equals_dense(kernel, shape, nclasses, window, chunks, boundar
 
 @pytest.mark.parametrize("shape,nclasses,window,chunks", CASES)
 @pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.usefixtures("votes_path")
 def test_occupied_equals_dense_with_unoccupied_cells_outside(
     shape, nclasses, window, chunks, boundary, rng
 ):
@@ -112,6 +130,7 @@ def test_occupied_equals_dense_with_unoccupied_cells_outside(
 
 @pytest.mark.parametrize("support", ["reachable", "occupied"])
 @pytest.mark.parametrize("boundary", ["periodic", "open"])
+@pytest.mark.usefixtures("votes_path")
 def test_clamp_seed_counts_and_auto_iterations(support, boundary, rng):
     counts = _counts(rng, (24, 18), 3, fill=0.1)
     k = parse_kernel("inverse_distance", window=2, ndim=2)
@@ -223,3 +242,14 @@ def test_refuses_a_window_too_wide_for_the_dimension():
     labels = da.from_array(empty, asarray=False)
     with pytest.raises(ParameterError, match="offsets in 8-D"):
         run_dask(labels, nclasses=2, kernel=k, iterations=1)
+
+
+def test_dense_votes_where_the_points_fill_the_block():
+    k = parse_kernel("box", window=1, ndim=6)
+    shape = (8, 8, 8, 24, 24, 24)
+    # 38% of the cells hold points: the pairs cost more than the window sums.
+    n = int(0.38 * np.prod(shape))
+    assert sparse_engine.dense_cheaper(n, n // 3, k, shape, 5)
+    # 1e5 points in 10**12 cells: the pairs, never the block's volume.
+    assert not sparse_engine.dense_cheaper(10**5, 10**5, k, (10**4, 10**4, 10**4, 10, 10, 10), 5)
+    assert sparse_engine.dense_block_cells(5) < 10**12
