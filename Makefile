@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test test-hpc bench lint format clean
+.PHONY: demo test test-hpc bench gpu-wheels lint format clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_fractal.py
 	$(PY) benchmarks/bench_scaling.py
 	$(PY) benchmarks/bench_cluster.py
+
+# Wheels for benchmarks/gpu_check.sh on a GPU machine without internet (into .whl/).
+gpu-wheels: $(VENV)/.installed-test
+	PYTHON=$(PY) bash benchmarks/gpu_wheels.sh .whl
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gridflow tests benchmarks examples

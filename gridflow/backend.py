@@ -31,14 +31,18 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BACKENDS",
     "Backend",
     "backend_of",
     "is_numpy",
     "meta_like",
+    "move",
     "namespace",
     "ops",
+    "parse_backend",
     "register",
     "register_lazy",
+    "require_backend",
     "to_host",
 ]
 
@@ -85,6 +89,11 @@ class Backend:
         """An empty ``ndim``-dimensional chunk of ``dtype``: dask's ``meta``."""
         return self.xp.empty((0,) * ndim, dtype=dtype)
 
+
+#: The dense chunk types a stage can be asked to run on (``backend=``, ``--backend``).
+BACKENDS = ("numpy", "cupy")
+#: The extras that install each backend's packages, by CUDA major version.
+GPU_EXTRAS = "gridflow[gpu] (CUDA 13) or gridflow[gpu-cuda12] (CUDA 12)"
 
 _TABLE: dict[type, Backend] = {}
 _LAZY: dict[str, Callable[[], None]] = {}
@@ -186,6 +195,63 @@ def meta_like(a: Any, ndim: int | None = None, dtype: Any = None) -> Any:
     return ops(a).meta(ndim, dtype)
 
 
+def parse_backend(value: Any) -> str | None:
+    """``backend=``: None (the chunks as they come), ``"numpy"`` or ``"cupy"``."""
+    from gridflow.errors import ParameterError
+
+    if value is None or value in BACKENDS:
+        return value
+    raise ParameterError(f"backend: expected {' or '.join(map(repr, BACKENDS))}, got {value!r}")
+
+
+def require_backend(name: str) -> Backend:
+    """The registered backend ``name``, its packages and device checked first.
+
+    Raises
+    ------
+    MissingDependencyError
+        For ``"cupy"`` without CuPy (naming the extras that install it) or
+        without a visible CUDA device.
+    """
+    from gridflow.errors import MissingDependencyError
+
+    if name == "numpy":
+        return _NUMPY
+    try:
+        import cupy
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"backend cupy: needs CuPy ({exc}); install {GPU_EXTRAS}, or use --backend numpy"
+        ) from None
+    try:
+        devices = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        devices, why = 0, f" ({exc})"
+    else:
+        why = ""
+    if devices < 1:
+        raise MissingDependencyError(
+            f"backend cupy: no CUDA device is visible{why}; run on a GPU node "
+            "(CUDA_VISIBLE_DEVICES), or use --backend numpy"
+        )
+    return ops(cupy.empty(0))
+
+
+def move(a: Any, name: str | None) -> Any:
+    """The dask array ``a`` with its dense chunks on backend ``name`` (None: as they are).
+
+    NumPy chunks go to the device with ``cupy.asarray``, device chunks come
+    back with the backend's ``to_host``; sparse chunks stay as they are
+    (they have no device layout).
+    """
+    if name is None or ops(a).name in (name, "sparse"):
+        return a
+    target = require_backend(name)
+    source = ops(a)
+    convert = source.to_host if name == "numpy" else target.xp.asarray
+    return a.map_blocks(convert, dtype=a.dtype, meta=target.meta(a.ndim, a.dtype))
+
+
 def _numpy() -> Backend:
     import scipy.fft
     import scipy.ndimage
@@ -219,6 +285,7 @@ def _register_cupy() -> None:
             ndimage=cupyx.scipy.ndimage,
             fft=cupyx.scipy.fft,
             to_host=cupy.asnumpy,
+            kernels={"vote": "gridflow._kernels.cuda_vote"},
         ),
     )
 

@@ -728,6 +728,7 @@ def bin_points(
     strict: bool = False,
     max_classes: int = MAX_CLASSES,
     overwrite: bool = False,
+    backend: str | None = None,
 ) -> Any:
     """Count labeled points per class and cell.
 
@@ -778,6 +779,10 @@ def bin_points(
         wrong column); raise it when there really are that many classes.
     overwrite : bool, default False
         Replace an existing gridflow store at ``store``.
+    backend : {"numpy", "cupy"}, optional
+        Where the returned dense counts live: host memory (default) or the
+        CUDA device (CuPy; gridflow[gpu]). A store is written from the host
+        either way; a sparse grid stays on the host.
 
     Raises
     ------
@@ -807,7 +812,11 @@ def bin_points(
     1000
     """
     from gridflow import store as store_mod
+    from gridflow.backend import parse_backend, require_backend
 
+    backend = parse_backend(backend)
+    if backend is not None:
+        require_backend(backend)  # a missing CuPy or device is named before any work
     if store is not None:
         store_mod.check_writable(store, overwrite=overwrite, inputs={"the points": points})
         _check_output_dir(store)
@@ -944,7 +953,7 @@ def bin_points(
         counts, spec, names, report.to_dict(), layout=chosen, occupied=occupied
     )
     if store is None:
-        return ds
+        return _on_backend(ds, backend)
     try:
         store_mod.write_new_store(ds, store, overwrite=overwrite)
     except OSError as exc:
@@ -952,7 +961,17 @@ def bin_points(
         if error is None:
             raise
         raise error from exc
-    return store_mod.open_grid(store)
+    return _on_backend(store_mod.open_grid(store), backend)
+
+
+def _on_backend(ds: Any, backend: str | None) -> Any:
+    """``ds`` with its dense counts on ``backend`` (None: as they are)."""
+    from gridflow.backend import move
+
+    if backend is not None:
+        counts = ds["counts"]
+        ds["counts"] = counts.copy(data=move(counts.data, backend))
+    return ds
 
 
 def _check_report(report: BinReport, src: PointSource, spec: GridSpec, strict: bool) -> None:

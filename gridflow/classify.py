@@ -210,6 +210,7 @@ def classify(
     support: Support = "auto",
     levels: int = 1,
     min_votes: float = 0.0,
+    backend: str | None = None,
 ) -> Any:
     """Classify every cell of a grid by iterating the vote filter.
 
@@ -257,6 +258,10 @@ def classify(
         at least ``min_votes`` votes at its cell.
     min_votes : float
         Total vote a level's cell needs to answer a point (with ``levels``).
+    backend : {"numpy", "cupy"}, optional
+        Where the dense chunks are computed: host memory, or the CUDA device
+        (CuPy; gridflow[gpu]). Default: as the grid's chunks are. Results move
+        to the host only to be written.
 
     Returns
     -------
@@ -272,7 +277,7 @@ def classify(
     >>> ds = classify("grid.zarr", window=5, iterations="auto")  # doctest: +SKIP
     >>> ds["label"].plot()  # doctest: +SKIP
     """
-    path, grid, spec, counts = store_mod.stage_input(grid)
+    path, grid, spec, counts = store_mod.stage_input(grid, backend)
     nclasses = counts.shape[0]
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n = parse_iterations(iterations)

@@ -221,6 +221,7 @@ def cluster(
     max_iter: int | None = None,
     support: Support = "auto",
     resume: bool = False,
+    backend: str | None = None,
 ) -> Any:
     """Cluster a grid by the connected components of its equalized density levels.
 
@@ -274,6 +275,10 @@ def cluster(
         With a store: do nothing when its cluster stage was finished with
         the same parameters, else run (the stage keeps no checkpoint, so
         an interrupted run starts again from the beginning).
+    backend : {"numpy", "cupy"}, optional
+        Where the dense chunks are computed: host memory, or the CUDA device
+        (CuPy; gridflow[gpu]). Default: as the grid's chunks are. Results move
+        to the host only to be written.
 
     Returns
     -------
@@ -289,7 +294,7 @@ def cluster(
     >>> ds["cluster"].plot()  # doctest: +SKIP
     >>> gridflow.predict(ds, points, variable="cluster").codes  # doctest: +SKIP
     """
-    path, grid, spec, counts = store_mod.stage_input(grid)
+    path, grid, spec, counts = store_mod.stage_input(grid, backend)
     k = parse_kernel(kernel, window=window, ndim=spec.ndim, sigma=sigma)
     n_steps = parse_iterations(iterations)
     boundary = parse_boundary(boundary, spec)

@@ -240,9 +240,12 @@ class _GridEstimator(BaseEstimator):
 
     def _keep_grid(self, grid: Any, spec: GridSpec, stage_name: str) -> dict[str, Any]:
         """Set ``grid_``, ``spec_``, ``bins_`` and ``window_``; return the stage's record."""
+        from gridflow.store import host_variables
+
         stage = grid.attrs["gridflow_stages"][stage_name]
         radius = tuple(stage["window"])
-        self.grid_ = grid
+        # Prediction reads the grid on the host: a device grid is copied back once.
+        self.grid_ = host_variables(grid).persist() if self.backend == "cupy" else grid
         self.spec_ = spec
         self.bins_ = spec.bins
         self.window_ = radius[0] if len(set(radius)) == 1 else radius
@@ -310,6 +313,9 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         label of each cell (the reference method).
     chunks : int, sequence of int or "auto", default "auto"
         Dask chunk size of the grid per feature.
+    backend : {"numpy", "cupy"} or None, default None
+        Where the vote filter runs: host memory, or the CUDA device (CuPy,
+        ``gridflow[gpu]``). The fitted grid is kept in host memory.
 
     Attributes
     ----------
@@ -390,6 +396,7 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
         support: Support = "auto",
         levels: int | None = None,
         min_votes: float | None = None,
+        backend: str | None = None,
     ) -> None:
         self._keep_params(locals())
 
@@ -530,6 +537,7 @@ class GridClassifier(ClassifierMixin, _GridEstimator):
             support=self.support,
             levels=pyramid[0],
             min_votes=pyramid[1],
+            backend=self.backend,
         )
 
     # --- prediction -------------------------------------------------------------
@@ -901,7 +909,7 @@ class GridClusterer(ClusterMixin, _GridEstimator):
         cell holds points).
     boundary : {"open", "periodic"}, default "open"
         "periodic" wraps every feature (clusters continue across the seam).
-    bounds, periodic, chunks
+    bounds, periodic, chunks, backend
         As for :class:`GridClassifier`.
 
     Attributes
@@ -951,6 +959,7 @@ class GridClusterer(ClusterMixin, _GridEstimator):
         bounds: Any = None,
         periodic: bool | Sequence[bool] = False,
         chunks: _Chunks = "auto",
+        backend: str | None = None,
     ) -> None:
         self._keep_params(locals())
 
@@ -997,6 +1006,7 @@ class GridClusterer(ClusterMixin, _GridEstimator):
             fill_window=fill_window,
             boundary=self.boundary,
             seed=self.seed,
+            backend=self.backend,
         )
         stage = self._keep_grid(grid, spec, "cluster")
         self.level_ = int(stage["cut_level"])

@@ -33,7 +33,7 @@ from gridflow._types import (
     FractalStart,
     choices,
 )
-from gridflow.backend import ops
+from gridflow.backend import move, ops
 from gridflow.checkpoint import RoundCheckpoint, resume_point
 from gridflow.engine.neighbour import STEP_COST, Rule, neighbour_round, run_reference
 from gridflow.engine.rounds import fusion_factor, round_chunks, run_rounds
@@ -127,6 +127,7 @@ def fractal(
     fuse: int | None = None,
     method: FractalMethod = "auto",
     resume: bool = False,
+    backend: str | None = None,
 ) -> Any:
     """Run the fractal classifier: many iterations of a random one-cell window.
 
@@ -171,6 +172,10 @@ def fractal(
         Continue from the store's last complete round; safe to always pass
         (nothing checkpointed: start from the beginning; a stage finished
         with the same parameters: nothing to do).
+    backend : {"numpy", "cupy"}, optional
+        Where the dense chunks are computed: host memory, or the CUDA device
+        (CuPy; gridflow[gpu]). Default: as the grid's chunks are. Results move
+        to the host only to be written.
 
     Returns
     -------
@@ -187,7 +192,7 @@ def fractal(
     """
     from gridflow.classify import parse_boundary
 
-    path, grid, spec, _ = store_mod.stage_input(grid)
+    path, grid, spec, _ = store_mod.stage_input(grid, backend)
     iterations, burn_in = parse_iterations_burn_in(iterations, burn_in)
     seed = _parse_seed(seed)
     boundary = parse_boundary(boundary, spec)
@@ -200,6 +205,7 @@ def fractal(
     nclasses = grid.sizes["class"]
     store_mod.warn_if_empty(grid, "fractal")
     labels0, start = _start_labels(grid, start, nclasses)
+    labels0 = move(labels0, backend)
     if method == "compiled" and ops(labels0).kernel("fractal") is None:
         raise ParameterError(
             f"method: 'compiled' runs on NumPy chunks, not {type(labels0._meta).__name__}; "

@@ -635,7 +635,7 @@ def write_stage(
         try:
             os.makedirs(old)
             ds = xr.Dataset(dict(variables), coords=dict(coords or {}))
-            ds, sparse_vars = sparse_store.split(ds)
+            ds, sparse_vars = sparse_store.split(host_variables(ds))
             enc = _encoding(ds)
             for name, given in (encoding or {}).items():
                 if name in ds.variables:
@@ -712,7 +712,7 @@ def write_new_store(
     check_writable(path, overwrite=overwrite, inputs=inputs)
     # Replacing a store: no other gridflow command may be writing it meanwhile.
     held = writer_lock(path) if is_gridflow_store(path) else contextlib.nullcontext()
-    dense, sparse_vars = sparse_store.split(ds)
+    dense, sparse_vars = sparse_store.split(host_variables(ds))
     with held, staged_directory(path, marker=False) as staging:
         dense.to_zarr(
             staging, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(dense)
@@ -911,17 +911,34 @@ def as_grid(grid: Any) -> Any:
     )
 
 
-def stage_input(grid: Any) -> tuple[str | None, Any, GridSpec, Any]:
+def stage_input(grid: Any, backend: str | None = None) -> tuple[str | None, Any, GridSpec, Any]:
     """What a stage starts from: its store path (None for a Dataset), the grid,
-    its GridSpec and the counts as a dask array (an in-memory grid: one chunk)."""
+    its GridSpec and the counts as a dask array (an in-memory grid: one chunk),
+    with dense chunks on ``backend`` (:func:`gridflow.backend.move`; None: as stored)."""
     import dask.array as da
 
+    from gridflow.backend import move, parse_backend, require_backend
+
+    backend = parse_backend(backend)
+    if backend is not None:
+        require_backend(backend)  # before any work: a missing CuPy or device is named
     path = os.fspath(grid) if isinstance(grid, (str, os.PathLike)) else None
     grid = as_grid(grid)
     counts = grid["counts"].data
     if not isinstance(counts, da.Array):
         counts = da.from_array(counts, chunks=counts.shape)
-    return path, grid, grid_spec(grid), counts
+    return path, grid, grid_spec(grid), move(counts, backend)
+
+
+def host_variables(ds: Any) -> Any:
+    """``ds`` with every dense variable's chunks in host memory (what Zarr writes)."""
+    from gridflow.backend import move, ops
+
+    for name, var in ds.variables.items():
+        data = var.data
+        if hasattr(data, "dask") and ops(data).name not in ("numpy", "sparse"):
+            ds[name] = var.copy(data=move(data, "numpy"))
+    return ds
 
 
 def grid_spec(ds: Any) -> GridSpec:

@@ -69,6 +69,16 @@ def local_cluster(**kwargs):
     )
 
 
+def has_cuda_device() -> bool:
+    """Whether CuPy imports and sees a CUDA device (the gpu tests run; else they skip)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):
     """The array module an engine test runs on: NumPy, and CuPy where a CUDA device exists.

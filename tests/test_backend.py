@@ -14,6 +14,7 @@ from gridflow.engine.correlate import correlate
 from gridflow.engine.neighbour import run_reference
 from gridflow.engine.vote import decide, fused_steps, pad, vote
 from gridflow.kernels import parse_kernel
+from tests.conftest import has_cuda_device
 from tests.conftest import to_host as host
 
 
@@ -126,3 +127,95 @@ def test_the_fractal_reference_runs_on_every_backend(xp):
     ref = run_reference(labels, iterations=30, burn_in=10, seed=4)
     got = run_reference(xp.asarray(labels), iterations=30, burn_in=10, seed=4)
     np.testing.assert_array_equal(host(got), ref)
+
+
+# --- backend= on the stages ---------------------------------------------------------
+
+
+def _points(rng, n=3000):
+    return rng.random((n, 2)), rng.integers(0, 3, n)
+
+
+def test_parse_backend_and_the_pipeline_key(tmp_path):
+    from gridflow.errors import ParameterError
+    from gridflow.pipeline.config import parse_pipeline
+    from gridflow.pipeline.schema import ConfigError
+
+    assert backend.parse_backend(None) is None
+    assert backend.parse_backend("cupy") == "cupy"
+    (tmp_path / "t.parquet").write_bytes(b"")  # the pipeline checks its inputs exist
+    with pytest.raises(ParameterError, match="backend: expected 'numpy' or 'cupy', got 'tpu'"):
+        backend.parse_backend("tpu")
+    raw = {
+        "inputs": {"train": "t.parquet"},
+        "grid": {"bins": 8},
+        "stages": {"bin": {}, "classify": {"window": 1}},
+        "outputs": {"store": "g.zarr"},
+    }
+    assert parse_pipeline(raw, workdir=tmp_path).backend is None
+    assert parse_pipeline({**raw, "scheduler": {"scheduler": "gpu"}}, workdir=tmp_path).backend == (
+        "cupy"
+    )
+    both = {**raw, "scheduler": {"scheduler": "gpu"}, "backend": "numpy"}
+    assert parse_pipeline(both, workdir=tmp_path).backend == "numpy"
+    assert parse_pipeline(raw, workdir=tmp_path, backend="cupy").backend == "cupy"
+    with pytest.raises(ConfigError, match="backend"):
+        parse_pipeline({**raw, "backend": "tpu"}, workdir=tmp_path)
+
+
+def test_backend_numpy_is_the_default_run_bit_for_bit(rng, tmp_path):
+    import gridflow as gf
+
+    X, y = _points(rng)
+    grid = gf.bin_points(X, labels=y, bins=24, bounds=(0, 1), backend="numpy")
+    a = gf.classify(grid, window=2, iterations=3)
+    b = gf.classify(grid, window=2, iterations=3, backend="numpy")
+    for name in ("label", "confidence", "density"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+@pytest.mark.skipif(has_cuda_device(), reason="CuPy and a CUDA device are here: the gpu tests run")
+def test_backend_cupy_without_cupy_is_refused_before_any_work(rng, tmp_path):
+    from click.testing import CliRunner
+
+    import gridflow as gf
+    from gridflow.cli import main
+    from gridflow.errors import MissingDependencyError
+
+    X, y = _points(rng)
+    store = tmp_path / "g.zarr"
+    with pytest.raises(MissingDependencyError, match=r"gridflow\[gpu\]"):
+        gf.bin_points(X, store, labels=y, bins=24, bounds=(0, 1), backend="cupy")
+    assert not store.exists()  # nothing half-written
+    gf.bin_points(X, store, labels=y, bins=24, bounds=(0, 1))
+    with pytest.raises(MissingDependencyError, match=r"--backend numpy"):
+        gf.classify(store, window=1, backend="cupy")
+    assert "classify" not in gf.open_grid(store).attrs["gridflow_stages"]
+    with pytest.raises(MissingDependencyError, match=r"gridflow\[gpu\]"):
+        gf.GridClassifier(backend="cupy").fit(X, y)
+    r = CliRunner().invoke(main, ["--backend", "cupy", "classify", str(store), "--window", "1"])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: backend cupy: needs CuPy")
+    assert r.output.count("\n") == 1
+    assert "classify" not in gf.open_grid(store).attrs["gridflow_stages"]
+
+
+@pytest.mark.gpu
+def test_cupy_backend_equals_numpy_bit_for_bit(rng, tmp_path):
+    """On a device, every stage on CuPy chunks writes the store the CPU run writes."""
+    import gridflow as gf
+
+    pytest.importorskip("cupy", reason="the gpu case needs CuPy (gridflow[gpu])")
+    if not has_cuda_device():
+        pytest.skip("the gpu case needs a CUDA device")
+    X, y = _points(rng)
+    stores = {}
+    for name in ("numpy", "cupy"):
+        store = tmp_path / f"{name}.zarr"
+        gf.bin_points(X, store, labels=y, bins=32, bounds=(0, 1), chunks=16, backend=name)
+        gf.classify(store, window=3, iterations=4, probabilities=True, backend=name)
+        gf.cluster(store, window=2, backend=name)
+        gf.fractal(store, iterations=40, backend=name)
+        stores[name] = gf.open_grid(store)
+    for var in ("label", "confidence", "density", "probability", "cluster", "fractal"):
+        np.testing.assert_array_equal(stores["numpy"][var].values, stores["cupy"][var].values)

@@ -78,6 +78,13 @@ def _memory_limit(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--account", default=None, help="slurm/pbs account to charge.")
 @click.option("--interface", default=None, help="Network interface of mpi/slurm/pbs workers: ib0.")
 @click.option(
+    "--backend",
+    default=None,
+    type=choice(("numpy", "cupy")),
+    help="Where dense chunks are computed: numpy (host) or cupy (CUDA device, gridflow[gpu]). "
+    "Default: cupy with --scheduler gpu, else numpy.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -90,7 +97,13 @@ def _memory_limit(ctx: click.Context, param: click.Parameter, value: str | None)
     "Default: a bar on a terminal, else a log line every 10 s.",
 )
 @click.pass_context
-def main(ctx: click.Context, log_level: str, progress: bool | None, **scheduler: Any) -> None:
+def main(
+    ctx: click.Context,
+    log_level: str,
+    progress: bool | None,
+    backend: str | None,
+    **scheduler: Any,
+) -> None:
     """Classify and cluster huge point datasets with image convolution filters.
 
     slurm and pbs settings not given here come from ~/.config/dask/jobqueue.yaml.
@@ -105,7 +118,7 @@ def main(ctx: click.Context, log_level: str, progress: bool | None, **scheduler:
     set_progress(progress)
     exit_on_sigterm()
     one_line_warnings()
-    ctx.obj = {"scheduler": scheduler}
+    ctx.obj = {"scheduler": scheduler, "backend": backend}
 
 
 for _command in (

@@ -15,6 +15,15 @@ def global_scheduler() -> dict[str, Any]:
     return click.get_current_context().obj["scheduler"]
 
 
+def global_backend() -> str | None:
+    """``--backend``, else ``"cupy"`` with ``--scheduler gpu``, else None (as stored)."""
+    obj = click.get_current_context().obj
+    given = obj.get("backend")
+    if given is None and obj["scheduler"].get("scheduler") == "gpu":
+        return "cupy"
+    return given
+
+
 def connect(options: Any = None) -> Any:
     """The ``with`` block's Dask client: ``options`` (SchedulerOptions) or the global options."""
     # Dask's own chatter (cluster start and stop) is noise below debug level;

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from gridflow.cli._client import connect, global_scheduler
+from gridflow.cli._client import connect, global_backend, global_scheduler
 from gridflow.cli._errors import one_line_errors
 from gridflow.cli._options import points_option
 
@@ -54,7 +54,11 @@ def run_(
 
     t0 = time.perf_counter()
     pipeline = load_pipeline(
-        pipeline_file, workdir=workdir, overrides=overrides, scheduler=global_scheduler()
+        pipeline_file,
+        workdir=workdir,
+        overrides=overrides,
+        scheduler=global_scheduler(),
+        backend=global_backend(),
     )
     check_outputs(pipeline, resume=resume, overwrite=overwrite)
     if check:

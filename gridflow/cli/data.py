@@ -8,7 +8,7 @@ import time
 import click
 
 from gridflow._types import BINNING_STRATEGIES, DISTRIBUTIONS, LAYOUTS
-from gridflow.cli._client import connect
+from gridflow.cli._client import connect, global_backend
 from gridflow.cli._errors import one_line_errors
 from gridflow.cli._options import LABEL, STORE, choice, overwrite_option, points_option
 
@@ -160,6 +160,7 @@ def bin_(
         ds = bin_points(
             input_,
             store,
+            backend=global_backend(),
             columns=columns,
             label=label,
             bins=bins,

@@ -7,7 +7,7 @@ import time
 import click
 
 from gridflow._types import EQUALIZE_METHODS, FILTER_BOUNDARIES, FRACTAL_STARTS, SUPPORTS
-from gridflow.cli._client import connect
+from gridflow.cli._client import connect, global_backend
 from gridflow.cli._errors import one_line_errors
 from gridflow.cli._options import (
     BOUNDARY,
@@ -112,6 +112,7 @@ def classify_(
             click.echo(f"tuned: window {window}, iterations {iters}")
         ds = classify(
             store,
+            backend=global_backend(),
             kernel=kernel,
             window=window,
             sigma=sigma,
@@ -203,6 +204,7 @@ def cluster_(
     with connect():
         ds = cluster(
             store,
+            backend=global_backend(),
             kernel=kernel,
             window=window,
             sigma=sigma,
@@ -275,6 +277,7 @@ def fractal_(
     with connect():
         ds = fractal(
             store,
+            backend=global_backend(),
             iterations=iterations,
             burn_in=burn_in,
             seed=seed,

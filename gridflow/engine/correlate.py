@@ -46,6 +46,11 @@ def _mode(wrap: bool) -> str:
 
 def _direct(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
     b = ops(planes)
+    # A backend with a fused window kernel (CuPy: one thread a cell, every tap)
+    # runs it: the same sums, so the same bits.
+    fused = getattr(b.kernel("vote"), "window_votes_planes", None)
+    if fused is not None:
+        return fused(planes, kernel.weights, wrap, exact)
     weights = b.xp.asarray(kernel.weights)
     if len(set(wrap)) > 1:
         # Some dims wrap and some do not: wrap those by padding, then zeros beyond.
@@ -204,7 +209,9 @@ def correlate(
     """
     wrap = wrap_flags(wrap, planes.ndim - 1)
     if method == "auto":
-        method = choose_method(kernel, planes.shape[1:], float(planes.max(initial=1.0)))
+        # (CuPy's max takes no `initial`.)
+        top = max(1.0, float(planes.max())) if planes.size else 1.0
+        method = choose_method(kernel, planes.shape[1:], top)
     if method == "box" and ops(planes).kernel("vote") is not None:
         # The compiled box sums take integer counts as they are, and write `out`.
         return _box(planes, kernel, wrap, exact, out)

@@ -132,6 +132,7 @@ def _schema() -> Section:
             "stages": stages,
             "outputs": _OUTPUTS,
             "scheduler": _SCHEDULER,
+            "backend": Choice("numpy", "cupy"),
         },
         required=("stages", "outputs"),
     )
@@ -159,6 +160,15 @@ class Pipeline:
     @property
     def scheduler(self) -> SchedulerOptions:
         return SchedulerOptions(**self.config.get("scheduler", {}))
+
+    @property
+    def backend(self) -> str | None:
+        """Where dense chunks are computed: the ``backend`` key, else ``"cupy"``
+        on ``scheduler: gpu``, else as the stages' inputs are (None)."""
+        given = self.config.get("backend")
+        if given is None and self.config.get("scheduler", {}).get("scheduler") == "gpu":
+            return "cupy"
+        return given
 
     def describe(self) -> str:
         names = " -> ".join(s.name for s in self.stages)
@@ -197,13 +207,14 @@ def parse_pipeline(
     source: str = "<pipeline>",
     overrides: Sequence[str] = (),
     scheduler: Mapping[str, Any] | None = None,
+    backend: str | None = None,
 ) -> Pipeline:
     """Validate a pipeline configuration (a mapping, as loaded from YAML).
 
     ``overrides`` are ``dotted.key=value`` strings applied first (``--set``);
     ``scheduler`` holds command-line scheduler options, which replace the
-    file's where given (not None). Raises :class:`ConfigError` naming the
-    offending key.
+    file's where given (not None), and ``backend`` (``--backend``) the
+    file's ``backend``. Raises :class:`ConfigError` naming the offending key.
     """
     config = copy.deepcopy(raw) if raw is not None else {}
     if not isinstance(config, dict):
@@ -213,6 +224,8 @@ def parse_pipeline(
     given = {k: v for k, v in (scheduler or {}).items() if v is not None}
     if given:
         config["scheduler"] = {**(config.get("scheduler") or {}), **given}
+    if backend is not None:
+        config["backend"] = backend
     config = _schema()(config, "")
     if not config["stages"]:
         raise ConfigError(f"stages: no stage given; expected some of {', '.join(STAGES)}")

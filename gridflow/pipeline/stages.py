@@ -213,8 +213,11 @@ def grid_stage(
 
         fn = resolve(function)
         kwargs = dict(p)
-        if "resume" in inspect.signature(fn).parameters:
+        takes = inspect.signature(fn).parameters
+        if "resume" in takes:
             kwargs["resume"] = ctx.resume and has_checkpoint(ctx.store, name)
+        if "backend" in takes and ctx.pipeline.backend is not None:
+            kwargs["backend"] = ctx.pipeline.backend
         ds = fn(ctx.store, **kwargs)
         record = ds.attrs.get("gridflow_stages", {}).get(name, {})
         steps = f"{record['steps']} steps" if "steps" in record else "done"
@@ -282,6 +285,7 @@ def _bin(ctx: Context, p: dict) -> str:
         ctx.input(p.get("input", "train")),
         ctx.store,
         overwrite=True,  # refused before the run where not allowed: check_outputs
+        backend=ctx.pipeline.backend,
         **grid,
         **{k: v for k, v in p.items() if k != "input"},
     )
