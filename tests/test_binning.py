@@ -133,6 +133,19 @@ def test_periodic_grid_wraps(points):
     np.testing.assert_array_equal(ds["counts"].values, reference_counts(pts, labels, spec, 3))
 
 
+@pytest.mark.parametrize("strategy", ["tree", "chunked"])
+def test_a_periodic_coordinate_whose_offset_overflows_has_no_cell(strategy):
+    # v - lo overflows to inf: it used to be cast to an undefined cell index
+    # (a write outside the grid); now it is out of range, as prediction says.
+    spec = GridSpec(("x", "y"), bounds=[(-1e308, 0.0), (0.0, 1.0)], bins=(4, 2), periodic=True)
+    pts = np.array([[1.7e308, 0.5], [-0.5e308, 0.25], [-1.5e308, 0.75]])
+    ds = bin_points(_frame(pts, np.array([0, 1, 2])), spec=spec, strategy=strategy)
+    report = ds.attrs["gridflow_stages"]["bin"]["report"]
+    assert (report["binned"], report["out_of_range"]) == (2, 1)
+    assert int(ds["counts"].sum()) == 2
+    assert ds["counts"].values[1].sum() == 1 and ds["counts"].values[2].sum() == 1
+
+
 def test_both_strategies_write_identical_stores(points, tmp_path):
     pts, labels = points
     df = _frame(pts, labels)

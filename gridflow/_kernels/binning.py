@@ -63,6 +63,9 @@ BATCH = 8192
 _CELL = """\
             t{j} = v{j} - lo{j}
             if p{j}:
+                if not math.isfinite(t{j}):  # v - lo overflowed: no cell (as prediction)
+                    outside += 1
+                    continue
                 t{j} = np.fmod(t{j}, w{j})
                 if t{j} < 0:
                     t{j} += w{j}
