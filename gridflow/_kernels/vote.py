@@ -143,22 +143,15 @@ def _compiled() -> Any:
                         if b >= 0:
                             votes[b, base + t] += w
 
-    @njit(inline="always", cache=True)
-    def neighbour(i, u, n, wrap):  # pragma: no cover - compiled
-        # Index i + u along an axis of n cells, wrapped, or -1 beyond its
-        # ends. The window fits the axis (2 * |u| < n): one wrap is enough.
-        t = i + u
-        if t < 0 or t >= n:
-            if not wrap:
-                return -1
-            t += n if t < 0 else -n
-        return t
-
     @njit(parallel=True, cache=True)
     def box_axis(a, out, radius, wrap):  # pragma: no cover - compiled
         # out[o, i, j] = sum of a[o, i + u, j] for |u| <= radius along the
         # middle axis: wrapped, or zeros beyond its ends. Integer-valued
         # sums (float64, or float32 below 2**24): exact in any order.
+        # The neighbour i + u is written out below rather than called: a
+        # jitted helper captured here made numba miss its disk cache, so
+        # every process compiled this kernel again (12 s). The window fits
+        # the axis (2 * |u| < n): one wrap is enough.
         nouter, n, ninner = a.shape
         if ninner == 1:
             # The last dim: contiguous lines of n values.
@@ -166,8 +159,12 @@ def _compiled() -> Any:
                 for i in range(n):
                     acc = out.dtype.type(a[o, i, 0])
                     for u in range(-radius, radius + 1):
-                        t = neighbour(i, u, n, wrap)
-                        if u != 0 and t >= 0:
+                        t = i + u
+                        if t < 0 or t >= n:
+                            if not wrap:
+                                continue
+                            t += n if t < 0 else -n
+                        if u != 0:
                             acc += a[o, t, 0]
                     out[o, i, 0] = acc
             return
@@ -180,8 +177,12 @@ def _compiled() -> Any:
                 for j in range(ninner):
                     row[j] = centre[j]
                 for u in range(-radius, radius + 1):
-                    t = neighbour(i, u, n, wrap)
-                    if u == 0 or t < 0:
+                    t = i + u
+                    if t < 0 or t >= n:
+                        if not wrap:
+                            continue
+                        t += n if t < 0 else -n
+                    if u == 0:
                         continue
                     other = src[t]
                     for j in range(ninner):
