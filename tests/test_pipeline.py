@@ -77,7 +77,7 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"colour": "red"}, "colour: unknown key; expected one of grid, inputs, outputs"),
+        ({"colour": "red"}, "colour: unknown key; expected one of backend, grid, inputs, outputs"),
         ({"stages.classify.windw": 3}, "stages.classify.windw: unknown key; expected one of"),
         ({"stages.segment": {}}, "stages.segment: unknown key"),
         ({"stages.classify.window": "ten"}, "stages.classify.window: expected an integer >= 1"),
