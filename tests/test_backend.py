@@ -163,17 +163,6 @@ def test_parse_backend_and_the_pipeline_key(tmp_path):
         parse_pipeline({**raw, "backend": "tpu"}, workdir=tmp_path)
 
 
-def test_backend_numpy_is_the_default_run_bit_for_bit(rng, tmp_path):
-    import gridflow as gf
-
-    X, y = _points(rng)
-    grid = gf.bin_points(X, labels=y, bins=24, bounds=(0, 1), backend="numpy")
-    a = gf.classify(grid, window=2, iterations=3)
-    b = gf.classify(grid, window=2, iterations=3, backend="numpy")
-    for name in ("label", "confidence", "density"):
-        np.testing.assert_array_equal(a[name].values, b[name].values)
-
-
 @pytest.mark.skipif(has_cuda_device(), reason="CuPy and a CUDA device are here: the gpu tests run")
 def test_backend_cupy_without_cupy_is_refused_before_any_work(rng, tmp_path):
     from click.testing import CliRunner

@@ -1,9 +1,10 @@
 """The vote filter on sparse grids: dask arrays of COO chunks (docs/design.md §3.5).
 
 A sparse round is the dense round of :mod:`gridflow.engine.vote` on the
-cells that exist: ``map_overlap`` brings each COO block its halo (``f * w``
-deep along the split dims, none along the dims held whole, which wrap inside
-the block when periodic), and :func:`_round_block` runs ``f`` steps on it.
+cells that exist: one task a block cuts its halo from the neighbour chunks
+(:func:`_overlap_round`: ``f * w`` deep along the split dims, none along the
+dims held whole, which wrap inside the block when periodic), and
+:func:`_round_block` runs ``f`` steps on it.
 
 - ``support="reachable"``: a step is evaluated on every cell whose window
   holds a labeled cell (the dilation of the labeled set, computed one dim at
@@ -15,7 +16,8 @@ the block when periodic), and :func:`_round_block` runs ``f`` steps on it.
 
 The votes of a step come from :func:`gridflow._kernels.sparse.gather`, whose
 work follows the neighbour pairs that exist, not the ``(2w+1)**d`` offsets
-of the window. Each step computes only the cells whose result the round
+of the window, or, where the points fill a block and that costs less, from
+the dense engine's window sums over the block (:func:`_step_votes`). Each step computes only the cells whose result the round
 still needs (the region shrinks by ``w`` a step towards the block's core).
 
 A round's output is one COO block of stacked planes, as the dense round's:

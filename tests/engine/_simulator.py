@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,3 +57,16 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def fixture(module: str, names: list[str]) -> object:
+    """A module-scoped fixture: the checks ``names`` of ``module`` started under the
+    simulator (see :func:`start`), ``{name: process}``; killed at the module's end."""
+
+    @pytest.fixture(scope="module")
+    def simulated():
+        procs = start(module, names)
+        yield procs
+        stop(procs)
+
+    return simulated

@@ -17,11 +17,7 @@ SIM = not has_cuda_device()
 CHECKS = ["check_count", "check_count_edges", "check_cells_and_gather"]
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    procs = simulator.start("tests.engine._cuda_cells_checks", CHECKS)
-    yield procs
-    simulator.stop(procs)
+simulated = simulator.fixture("tests.engine._cuda_cells_checks", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)

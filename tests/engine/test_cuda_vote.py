@@ -27,11 +27,7 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    procs = simulator.start("tests.engine._cuda_vote_checks", CHECKS)
-    yield procs
-    simulator.stop(procs)
+simulated = simulator.fixture("tests.engine._cuda_vote_checks", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)
