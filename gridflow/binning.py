@@ -8,7 +8,10 @@ accepts and counts them per class and cell into a dask array of shape
     a compiled kernel counts the partitions of points into dense grids, one
     grid per thread of the cluster (each thread's chain of partitions adds to
     the same grid), and the grids are summed by a tree reduction. Used when a
-    grid fits comfortably in one worker's memory; fastest.
+    grid fits comfortably in one worker's memory; fastest. With
+    ``backend="cupy"`` the grids are device arrays counted by the CUDA
+    kernel (:func:`gridflow._kernels.cuda_cells.count`, atomic adds) and
+    summed on the device, with the same counts as the CPU kernel's.
 ``"chunked"``
     every partition emits the sorted distinct (output chunk, class, cell)
     keys it holds with their counts; the keys are merged per group of output
@@ -68,8 +71,10 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from gridflow._kernels import cuda_cells
 from gridflow._kernels.binning import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE, kernel
 from gridflow._types import LAYOUTS, BinningStrategy, Layout, choices
+from gridflow.backend import namespace, ops, to_host
 from gridflow.engine.planner import (
     check_dense_grid,
     check_keys,
@@ -438,37 +443,54 @@ def sparse_chunks(
 
 
 def _count_into(
-    acc: tuple | None, block: Block, classes: _Classes, spec: GridSpec
-) -> tuple[np.ndarray, np.ndarray]:
+    acc: tuple | None, block: Block, classes: _Classes, spec: GridSpec, device: bool = False
+) -> tuple[Any, np.ndarray]:
     """Count one block into the running ``(grid, stats)`` of a chain.
 
     The chain owns its grid: each step adds in place and hands it on, so a
     thread allocates and zeroes one grid however many blocks it counts.
+    With ``device`` the grid is a device array
+    (:func:`~gridflow._kernels.cuda_cells.array_module`): the block's
+    columns and codes are copied to the device and counted there by
+    :func:`~gridflow._kernels.cuda_cells.count`; the stats stay host int64
+    (the block's are copied back and added), so the widening rule reads them
+    on the host.
     """
     nclasses = len(classes.names)
+    xp = cuda_cells.array_module() if device else np
     if acc is None:
         acc = (
-            np.zeros(nclasses * spec.ncells, dtype=np.uint32),
+            xp.zeros(nclasses * spec.ncells, dtype=np.uint32),
             np.zeros(4 + nclasses, dtype=np.int64),
         )
     grid, stats = acc
     rows = len(block.columns[0]) if block.columns else 0
     if grid.dtype == np.uint32 and stats[BINNED] + rows > _U32_MAX:
         grid = grid.astype(np.uint64)  # a cell could wrap: widen first
-    if rows:
-        codes = classes.codes(block.labels)
-        count = kernel(spec.ndim, "dense")
-        count(_columns(block), codes, nclasses, *_kernel_args(spec), grid, stats)
+    if not rows:
+        return grid, stats
+    cols, codes = _columns(block), classes.codes(block.labels)
+    if device:
+        block_stats = xp.zeros(stats.shape, dtype=np.int64)
+        cols = tuple(xp.asarray(c) for c in cols)
+        cuda_cells.count(cols, xp.asarray(codes), nclasses, *_kernel_args(spec), grid, block_stats)
+        stats += to_host(block_stats)
+    else:
+        kernel(spec.ndim, "dense")(cols, codes, nclasses, *_kernel_args(spec), grid, stats)
     return grid, stats
 
 
 def _add_dense(parts: list[tuple]) -> tuple:
-    """Sum dense partial grids; promotes to uint64 only if the total could wrap."""
+    """Sum dense partial grids; promotes to uint64 only if the total could wrap.
+
+    The grids are summed where they are (host or device arrays, by the
+    namespace of the first); the stats are host arrays.
+    """
     stats = np.sum([p[1] for p in parts], axis=0)
-    dtype = np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
-    total = parts[0][0].astype(dtype, copy=False)  # the chains' grids are ours
+    total = parts[0][0].astype(_count_dtype(stats), copy=False)  # the chains' grids are ours
+    xp = namespace(total)
     for grid, _ in parts[1:]:
-        np.add(total, grid, out=total, casting="unsafe")
+        xp.add(total, grid, out=total, casting="unsafe")
     return total, stats
 
 
@@ -533,27 +555,38 @@ def _dense_chunk(
     return out[(slice(None), *(slice(0, s) for s in shape))]
 
 
-def _bin_tree(src, classes, spec, chunks) -> tuple[da.Array, np.ndarray]:
-    # One chain of blocks per thread of the cluster, then a tree sum.
+def _bin_tree(src, classes, spec, chunks, device: bool = False) -> tuple[da.Array, np.ndarray]:
+    """The tree strategy: one chain of blocks per thread of the cluster, then a tree sum.
+
+    With ``device`` every chain counts into a device grid
+    (:func:`_count_into`), the partial grids are summed on the device and
+    the counts' chunks are device arrays (CuPy; NumPy under the CUDA
+    simulator). The stats come back as host int64 either way.
+    """
     nchains = max(1, min(len(src.blocks), _total_threads()))
     chains = []
     for c in range(nchains):
         acc = None
         for block in src.blocks[c::nchains]:
-            acc = dask.delayed(_count_into)(acc, block, classes, spec)
+            acc = dask.delayed(_count_into)(acc, block, classes, spec, device)
         chains.append(acc)
     total = _tree(chains, _add_dense)
     (total,) = dask.persist(total)
     stats = np.asarray(dask.compute(total[1])[0])
-    dtype = np.uint32 if stats[BINNED] <= _U32_MAX else np.uint64
+    dtype = _count_dtype(stats)
     shape = (len(classes.names), *spec.shape)
+    meta = ops(cuda_cells.array_module().empty(0)).meta(len(shape), dtype) if device else None
     grid = da.from_delayed(
-        dask.delayed(_as_grid)(total[0], shape, dtype), shape=shape, dtype=dtype, name=False
+        dask.delayed(_as_grid)(total[0], shape, dtype),
+        shape=shape,
+        dtype=dtype,
+        meta=meta,
+        name=False,
     )
     return grid.rechunk((shape[0], *chunks)), stats
 
 
-def _as_grid(flat: np.ndarray, shape: tuple, dtype: Any) -> np.ndarray:
+def _as_grid(flat: Any, shape: tuple, dtype: Any) -> Any:
     # A lone chain skips _add_dense and may have widened early (it widens on
     # rows read, not rows binned): cast to the dtype the array declares.
     return flat.astype(dtype, copy=False).reshape(shape)
@@ -781,8 +814,10 @@ def bin_points(
         Replace an existing gridflow store at ``store``.
     backend : {"numpy", "cupy"}, optional
         Where the returned dense counts live: host memory (default) or the
-        CUDA device (CuPy; gridflow[gpu]). A store is written from the host
-        either way; a sparse grid stays on the host.
+        CUDA device (CuPy; gridflow[gpu]). With ``"cupy"`` the tree strategy
+        counts on the device (the same counts, bit for bit); the chunked
+        strategy counts on the host and moves the counts. A store is written
+        from the host either way; a sparse grid stays on the host.
 
     Raises
     ------
@@ -908,9 +943,11 @@ def bin_points(
         chunks_,
     )
     with reading(src):
-        if chosen == "dense":
-            runner = _bin_tree if strategy == "tree" else _bin_chunked
-            counts, stats = runner(src, classes_, spec, chunks_)
+        if chosen == "dense" and strategy == "tree":
+            device = backend == "cupy" and spec.ndim <= cuda_cells.MAX_DIMS
+            counts, stats = _bin_tree(src, classes_, spec, chunks_, device=device)
+        elif chosen == "dense":
+            counts, stats = _bin_chunked(src, classes_, spec, chunks_)
         else:
             keys = _keys_pass(src, classes_, spec, chunks_)
             stats = keys.stats

@@ -15,6 +15,12 @@ level whose cell is labeled with a total vote of at least ``min_votes``,
 else by the coarsest labeled level, else -1. The report then counts the
 points each level answered.
 
+A grid whose labels are on the CUDA device (CuPy chunks, or
+``backend="cupy"``, which moves the dense variables there) is read there:
+the points' cells are found by :func:`gridflow._kernels.cuda_cells.cells`
+and the chunks' values read by :func:`gridflow._kernels.cuda_cells.gather`,
+and the results come back to the host, equal to the CPU path's.
+
 A sparse grid (variables of ``sparse.COO`` chunks) is read the same way,
 chunk by chunk: each chunk needed becomes its sorted row-major cell keys
 once, and the points' cells are found in it by binary search; a cell the
@@ -53,8 +59,10 @@ import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
 
+from gridflow._kernels import cuda_cells
 from gridflow._staging import check_output, staged_directory
-from gridflow.backend import to_host
+from gridflow.backend import move, ops, parse_backend, require_backend, to_host
+from gridflow.binning import _kernel_args
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
 from gridflow.points import BLOCK_ROWS, Block, open_points, read_path
@@ -140,11 +148,14 @@ class _Locator:
 
     Chunks are numbered across levels: chunk ``c`` of level ``l`` (C order
     over that level's chunk grid) is ``offsets[l] + c``, so with one level
-    the ids are the level-0 chunk ids.
+    the ids are the level-0 chunk ids. With ``device`` the points' cells are
+    found on the device and dense chunks are read there (:func:`_cell_index`,
+    :func:`_gather`).
     """
 
     spec: GridSpec
     level_edges: tuple[tuple[np.ndarray, ...], ...]  # per level: chunk boundaries per dim
+    device: bool = False
 
     @property
     def nlevels(self) -> int:
@@ -250,6 +261,11 @@ class _Grid:
 
     With a pyramid (``levels > 1``, variable ``label``) every level's
     ``label_l{l}`` (and ``votes_l{l}``, ``probability_l{l}`` when needed).
+    ``backend`` moves the dense arrays read to that backend
+    (:func:`gridflow.backend.move`; None: as they are). ``device`` reads
+    them on the CUDA device (see :class:`_Locator`); by default when the
+    labels' chunks are CuPy arrays. The CUDA simulator's checks set it for
+    NumPy chunks, which are its device arrays.
     """
 
     def __init__(
@@ -260,6 +276,8 @@ class _Grid:
         *,
         levels: Any = None,
         min_votes: Any = None,
+        backend: str | None = None,
+        device: bool | None = None,
     ) -> None:
         self.spec = grid_spec(ds)
         self.variable = variable
@@ -267,12 +285,16 @@ class _Grid:
         self.classes = None
         if variable not in ID_VARIABLES and "class" in ds.coords:
             self.classes = np.asarray(ds["class"].values)
-        self.levels = [self._level(ds, level, probabilities) for level in range(self.nlevels)]
+        self.levels = [
+            self._level(ds, level, probabilities, backend) for level in range(self.nlevels)
+        ]
         self.labels = self.levels[0].labels
         self.probability = self.levels[0].probability
-        self.locator = _Locator(self.spec, tuple(lv.edges for lv in self.levels))
+        if device is None:
+            device = ops(self.labels).name == "cupy"
+        self.locator = _Locator(self.spec, tuple(lv.edges for lv in self.levels), device)
 
-    def _level(self, ds: Any, level: int, probabilities: bool) -> _Level:
+    def _level(self, ds: Any, level: int, probabilities: bool, backend: str | None) -> _Level:
         dims = tuple(level_name(d, level) for d in self.spec.dims)
         shape = level_bins(self.spec.bins, level)
         name = level_name(self.variable, level)
@@ -301,7 +323,7 @@ class _Grid:
                 level=level,
                 nlevels=self.nlevels,
             )
-        return _Level(labels, votes, prob)
+        return _Level(*(None if a is None else move(a, backend) for a in (labels, votes, prob)))
 
     @property
     def nclasses(self) -> int | None:
@@ -489,7 +511,7 @@ def _chunk_of(points: np.ndarray, loc: _Locator) -> tuple[np.ndarray, np.ndarray
     With several levels each row appears once per level (level 0 first):
     its level-``l`` cell is its level-0 cell ``// 2**l``.
     """
-    cells0 = loc.spec.cell_index(points)
+    cells0 = _cell_index(points, loc.spec, loc.device)
     ok = cells0[:, 0] >= 0
     if not ok.all():
         rows = np.flatnonzero(ok)
@@ -520,6 +542,24 @@ def _chunk_of(points: np.ndarray, loc: _Locator) -> tuple[np.ndarray, np.ndarray
     return np.tile(rows, loc.nlevels), np.concatenate(all_ids), np.concatenate(all_cells)
 
 
+def _cell_index(points: np.ndarray, spec: GridSpec, device: bool) -> np.ndarray:
+    """``spec.cell_index(points)``; with ``device`` found on the device.
+
+    On the device :func:`~gridflow._kernels.cuda_cells.cells` gives the flat
+    cell (the same float64 rule, -1 where none) and the per-dim cells are
+    unravelled on the host, -1 on every dim of a point with no cell.
+    """
+    if not device or len(points) == 0:
+        return spec.cell_index(points)
+    on_device = cuda_cells.array_module().asarray(points)
+    cols = tuple(on_device[:, j] for j in range(spec.ndim))
+    flat = to_host(cuda_cells.cells(cols, *_kernel_args(spec)))
+    cells = np.full(points.shape, -1, dtype=np.int64)
+    ok = flat >= 0
+    cells[ok] = np.column_stack(np.unravel_index(flat[ok], spec.shape))
+    return cells
+
+
 def _touched(part: Any, loc: _Locator, columns: tuple[str, ...]) -> tuple[int, np.ndarray]:
     """Pass 1: the number of rows and the distinct chunk ids of a block."""
     pts = _coords(part, columns)
@@ -546,30 +586,50 @@ def _locate(part: Any, loc: _Locator, columns: tuple[str, ...], rows_expected: i
     return {int(ids[s]): (rows[s:e], local[s:e]) for s, e in itertools.pairwise(starts)}
 
 
-def _read_cells(chunk: Any, local: np.ndarray) -> np.ndarray:
-    """A chunk's values at ``(n, d)`` cells within it."""
+def _gather(chunk: Any, index: np.ndarray) -> np.ndarray:
+    """``chunk``'s values at C-order flat ``index``, read on the device
+    (:func:`~gridflow._kernels.cuda_cells.gather`) and brought to the host."""
+    xp = cuda_cells.array_module()
+    values = xp.asarray(chunk).reshape(-1)
+    return to_host(cuda_cells.gather(values, xp.asarray(index), 0))
+
+
+def _read_cells(chunk: Any, local: np.ndarray, device: bool = False) -> np.ndarray:
+    """A chunk's values at ``(n, d)`` cells within it (a dense one read on the
+    device with ``device``)."""
     if isinstance(chunk, _Keyed):
         return chunk.take(local.T)
+    if device:
+        return _gather(chunk, np.ravel_multi_index(tuple(local.T), chunk.shape))
     return to_host(chunk[tuple(local.T)])
 
 
-def _read_rows(chunk: Any, local: np.ndarray) -> np.ndarray:
+def _read_rows(chunk: Any, local: np.ndarray, device: bool = False) -> np.ndarray:
     """A ``(class, *dims)`` chunk's ``(n, class)`` rows at ``(n, d)`` cells within it."""
+    nclasses, n = chunk.shape[0], len(local)
     if isinstance(chunk, _Keyed):
-        nclasses, n = chunk.shape[0], len(local)
         coords = np.vstack([np.repeat(np.arange(nclasses), n)[None, :], np.tile(local.T, nclasses)])
         return chunk.take(coords).reshape(nclasses, n).T
+    if device:
+        cells = np.ravel_multi_index(tuple(local.T), chunk.shape[1:])
+        plane = math.prod(chunk.shape[1:])
+        index = np.arange(nclasses, dtype=np.int64)[:, None] * plane + cells
+        return _gather(chunk, index.reshape(-1)).reshape(nclasses, n).T
     return to_host(chunk[(slice(None), *local.T)]).T
 
 
-def _lookup(piece: tuple, labels: Any, probability: Any, votes: Any = None) -> tuple:
+def _lookup(
+    piece: tuple, labels: Any, probability: Any, votes: Any = None, *, device: bool = False
+) -> tuple:
     """The values of one chunk at the cells of one block's rows."""
     rows, local = piece
-    values = _read_cells(labels, local).astype(np.int64, copy=False)
+    values = _read_cells(labels, local, device).astype(np.int64, copy=False)
     probs = None
     if probability is not None:
-        probs = _read_rows(probability, local).astype(np.float32, copy=False)
-    vals = None if votes is None else _read_cells(votes, local).astype(np.float64, copy=False)
+        probs = _read_rows(probability, local, device).astype(np.float32, copy=False)
+    vals = None
+    if votes is not None:
+        vals = _read_cells(votes, local, device).astype(np.float64, copy=False)
     return rows, values, probs, vals
 
 
@@ -660,7 +720,7 @@ def _plan(
             args = (groups[c], labels, probability) + (() if votes is None else (votes,))
             pieces.append(
                 dask.delayed(_lookup, pure=False)(
-                    *args, dask_key_name=f"predict-lookup-{token}-{b}-{c}"
+                    *args, device=loc.device, dask_key_name=f"predict-lookup-{token}-{b}-{c}"
                 )
             )
             levels.append(level)
@@ -722,6 +782,7 @@ def predict(
     probabilities: bool = False,
     levels: int | None = None,
     min_votes: float | None = None,
+    backend: str | None = None,
 ) -> PredictResult:
     """Predict the class of points by reading the grid at their cells.
 
@@ -750,6 +811,13 @@ def predict(
     min_votes : float, optional
         The total vote (``votes``, ``votes_l{l}``) a level's cell needs to
         answer a point; default: the classify stage's ``min_votes`` (0).
+    backend : {"numpy", "cupy"}, optional
+        Where the grid is read: host memory or the CUDA device (CuPy;
+        gridflow[gpu]), its dense variables moved there first; default
+        where its labels are (a grid with CuPy chunks is read on the device).
+        On the device the points' cells are found and the values read by
+        CUDA kernels; the results are host arrays, equal to the host's.
+        Sparse grids are read on the host.
 
     Returns
     -------
@@ -765,7 +833,9 @@ def predict(
         The grid lacks ``variable`` (run ``gridflow classify`` first), a
         level of its pyramid, or ``probability`` when it is requested.
     ParameterError
-        ``levels`` or ``min_votes`` is invalid.
+        ``levels``, ``min_votes`` or ``backend`` is invalid.
+    MissingDependencyError
+        ``backend="cupy"`` without CuPy or a CUDA device.
     InputDataError
         The points lack a coordinate column, or have the wrong number of
         coordinates.
@@ -783,8 +853,9 @@ def predict(
     >>> int(result.codes[1]), result.report["no_cell"]
     (-1, 1)
     """
+    backend = _parse_backend(backend)
     ds = as_grid(grid)
-    g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes)
+    g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes, backend=backend)
     cols = parse_columns(columns, g.spec)
     src = _open_points(points, g.spec, cols, columns is not None)
     touched = _first_pass(src.blocks, g.locator, src.columns)
@@ -818,6 +889,7 @@ def predict_to_parquet(
     overwrite: bool = False,
     levels: int | None = None,
     min_votes: float | None = None,
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Predict points partition by partition and write them, with their
     predictions, to a Parquet dataset.
@@ -832,7 +904,7 @@ def predict_to_parquet(
 
     Parameters
     ----------
-    grid, points, columns, variable, levels, min_votes
+    grid, points, columns, variable, levels, min_votes, backend
         As in :func:`predict`.
     out : path
         Output directory.
@@ -853,12 +925,13 @@ def predict_to_parquet(
     >>> predict_to_parquet("grid.zarr", "new_points.parquet", "predicted.parquet")  # doctest: +SKIP
     {'rows': 1000, 'predicted': 990, 'no_cell': 10, 'unlabeled_cell': 0}
     """
+    backend = _parse_backend(backend)
     out = os.path.abspath(os.fspath(out))
     check_output(out, overwrite=overwrite, inputs={"the grid": grid, "the points": points})
     ds = as_grid(grid)
     if probabilities is None:
         probabilities = "probability" in ds.data_vars
-    g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes)
+    g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes, backend=backend)
     cols = parse_columns(columns, g.spec)
     _open_points(points, g.spec, cols, columns is not None)  # validates the source
     frame = _source_frame(points, cols)
@@ -906,6 +979,14 @@ def predict_to_parquet(
     report = _report(stats.to_numpy(), g.nlevels)
     log.info("wrote %s (%s)", out, report)
     return report
+
+
+def _parse_backend(backend: Any) -> str | None:
+    """``backend=`` parsed, and its packages and device checked before any work."""
+    backend = parse_backend(backend)
+    if backend is not None:
+        require_backend(backend)
+    return backend
 
 
 # --- output helpers ---------------------------------------------------------------

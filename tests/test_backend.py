@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.fft
 import scipy.ndimage
@@ -187,24 +188,67 @@ def test_backend_cupy_without_cupy_is_refused_before_any_work(rng, tmp_path):
     assert r.output.startswith("error: backend cupy: needs CuPy")
     assert r.output.count("\n") == 1
     assert "classify" not in gf.open_grid(store).attrs["gridflow_stages"]
+    out = tmp_path / "p.parquet"
+    with pytest.raises(MissingDependencyError, match=r"gridflow\[gpu\]"):
+        gf.predict(tmp_path / "no such grid.zarr", X, backend="cupy")  # before reading it
+    with pytest.raises(MissingDependencyError, match=r"gridflow\[gpu\]"):
+        gf.predict_to_parquet(store, X, out, backend="cupy")
+    assert not out.exists()
 
 
 @pytest.mark.gpu
 def test_cupy_backend_equals_numpy_bit_for_bit(rng, tmp_path):
-    """On a device, every stage on CuPy chunks writes the store the CPU run writes."""
+    """On a device, every stage on CuPy chunks writes the store the CPU run writes;
+    binning counts on the device and prediction reads there, with the CPU's results."""
     import gridflow as gf
+    from gridflow.backend import move
 
     pytest.importorskip("cupy", reason="the gpu case needs CuPy (gridflow[gpu])")
     if not has_cuda_device():
         pytest.skip("the gpu case needs a CUDA device")
     X, y = _points(rng)
+    X[:7] = np.nan  # dropped: non-finite
+    X[7:20, 1] = 1.5  # dropped: out of range
     stores = {}
     for name in ("numpy", "cupy"):
         store = tmp_path / f"{name}.zarr"
-        gf.bin_points(X, store, labels=y, bins=32, bounds=(0, 1), chunks=16, backend=name)
+        gf.bin_points(
+            X, store, labels=y, bins=32, bounds=(0, 1), chunks=16, strategy="tree", backend=name
+        )
         gf.classify(store, window=3, iterations=4, probabilities=True, backend=name)
         gf.cluster(store, window=2, backend=name)
         gf.fractal(store, iterations=40, backend=name)
         stores[name] = gf.open_grid(store)
-    for var in ("label", "confidence", "density", "probability", "cluster", "fractal"):
+    for var in ("counts", "label", "confidence", "density", "probability", "cluster", "fractal"):
         np.testing.assert_array_equal(stores["numpy"][var].values, stores["cupy"][var].values)
+    report = stores["numpy"].attrs["gridflow_stages"]["bin"]["report"]
+    assert stores["cupy"].attrs["gridflow_stages"]["bin"]["report"] == report
+
+    # In memory: the tree strategy's counts are CuPy chunks counted on the
+    # device, the chunked strategy's are moved there; both are the CPU's.
+    for strategy in ("tree", "chunked"):
+        ds = gf.bin_points(
+            X, labels=y, bins=32, bounds=(0, 1), chunks=16, strategy=strategy, backend="cupy"
+        )
+        counts = ds["counts"].data
+        assert ops(counts).name == "cupy" and ops(counts.blocks[0, 0, 0].compute()).name == "cupy"
+        np.testing.assert_array_equal(host(counts.compute()), stores["numpy"]["counts"].values)
+        assert ds.attrs["gridflow_stages"]["bin"]["report"]["strategy"] == strategy
+
+    # Prediction on the device (asked for, or found from the labels' chunks).
+    queries = rng.uniform(-0.2, 1.2, (2000, 2))
+    queries[:5] = np.nan
+    want = gf.predict(stores["numpy"], queries, probabilities=True)
+    on_device = stores["cupy"].copy()
+    for var in ("label", "probability"):
+        on_device[var] = on_device[var].copy(data=move(on_device[var].data, "cupy"))
+    for grid, kwargs in ((stores["cupy"], {"backend": "cupy"}), (on_device, {})):
+        got = gf.predict(grid, queries, probabilities=True, **kwargs)
+        np.testing.assert_array_equal(got.codes, want.codes)
+        np.testing.assert_array_equal(got.probability, want.probability)
+        assert got.report == want.report
+    outs = {}
+    for name in ("numpy", "cupy"):
+        outs[name] = tmp_path / f"{name}.parquet"
+        gf.predict_to_parquet(stores[name], queries, outs[name], backend=name)
+    pd.testing.assert_frame_equal(pd.read_parquet(outs["cupy"]), pd.read_parquet(outs["numpy"]))

@@ -291,6 +291,17 @@ def test_grid_without_labels_or_probabilities(tmp_path):
         predict(tmp_path / "nowhere.zarr", np.zeros((1, 2)))
 
 
+def test_backend_numpy_reads_on_the_host(grid2d):
+    pts = _queries(SPECS["2d"])
+    want = predict(grid2d, pts, probabilities=True)
+    got = predict(grid2d, pts, probabilities=True, backend="numpy")
+    np.testing.assert_array_equal(got.codes, want.codes)
+    np.testing.assert_array_equal(got.probability, want.probability)
+    assert not predict_mod._Grid(open_grid(grid2d), "label", True, backend="numpy").locator.device
+    with pytest.raises(ParameterError, match="backend: expected 'numpy' or 'cupy', got 'tpu'"):
+        predict(grid2d, pts, backend="tpu")
+
+
 # --- the grid is read one chunk at a time ----------------------------------------------
 
 
@@ -440,11 +451,11 @@ def test_predict_to_parquet_writes_nothing_on_error(grid2d, tmp_path, monkeypatc
 
     calls = []
 
-    def boom(*args):
+    def boom(*args, **kwargs):
         calls.append(1)
         if len(calls) > 2:
             raise OSError("disk on fire")
-        return lookup(*args)
+        return lookup(*args, **kwargs)
 
     lookup = predict_mod._lookup
     monkeypatch.setattr(predict_mod, "_lookup", boom)

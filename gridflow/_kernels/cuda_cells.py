@@ -18,7 +18,15 @@ numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which is how
 with a device it runs the same checks on CuPy arrays. Every result is
 compared with the CPU kernels' with ``assert_array_equal``. The loop over
 dims is unrolled in generated source, one kernel per number of dims (1 to
-6). Neither numba.cuda nor CuPy is imported before a kernel is first used.
+:data:`MAX_DIMS`). Neither numba.cuda nor CuPy is imported before a kernel
+is first used.
+
+``bin_points(backend="cupy")`` counts with :func:`count` (the tree
+strategy's chains, ``gridflow.binning._count_into``) and prediction on
+device chunks finds cells with :func:`cells` and reads them with
+:func:`gather` (``gridflow.predict._cell_index``, ``_gather``); both take
+their device arrays from :func:`array_module`, so the simulator checks run
+those stage paths on NumPy arrays too.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ import numpy as np
 # non-finite, out of range, bad label, then one count per class.
 BINNED, NONFINITE, OUT_OF_RANGE, BAD_LABEL = range(4)
 
+#: Dims the kernels are generated and tested for; binning counts grids of
+#: more dims on the host.
+MAX_DIMS = 6
 #: Threads per block (1-D launches).
 THREADS = 256
 #: Most blocks of one launch; the kernels loop over the points beyond.
@@ -204,6 +215,24 @@ def _gather_kernel() -> Any:
     return _jit(_GATHER, "cuda gather")
 
 
+def array_module() -> Any:
+    """The module of the kernels' device arrays: NumPy under numba's CUDA
+    simulator (``NUMBA_ENABLE_CUDASIM=1``), else CuPy.
+
+    What the stages allocate device arrays with and copy host arrays to the
+    device with (``asarray``), so that the same code runs on a GPU and, on
+    NumPy arrays, under the simulator. Imports numba's configuration, not
+    numba.cuda.
+    """
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+        return np
+    import cupy
+
+    return cupy
+
+
 def _xp(a: Any) -> Any:
     """The array module of ``a``: CuPy for CuPy arrays, else NumPy."""
     if type(a).__module__.startswith("cupy"):
@@ -265,7 +294,7 @@ def count(
 ) -> None:
     """Count points into ``grid`` and ``stats`` in place, as the CPU ``"dense"`` kernel.
 
-    ``cols`` holds one coordinate column per dim (1 to 6), ``codes`` the
+    ``cols`` holds one coordinate column per dim (1 to :data:`MAX_DIMS`), ``codes`` the
     class code per point (any integer dtype; outside ``[0, nclasses)`` is a
     bad label); ``lo``, ``hi``, ``width`` (``hi - lo``), ``nbins`` and
     ``periodic`` are per dim, as ``gridflow.binning._kernel_args`` gives

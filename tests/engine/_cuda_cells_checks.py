@@ -4,20 +4,37 @@ Run by ``tests/engine/test_cuda_cells.py``: in a subprocess under numba's
 CUDA simulator (NumPy arrays) when there is no CUDA device, in the test
 process on CuPy arrays when there is one. Each check raises on the first
 difference and prints one ``ok`` line naming the mode and the cases run.
+The last two run the stages' device paths (the tree strategy of binning,
+prediction) against their CPU paths.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+import dask
+import dask.array as da
+import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 
+from gridflow import binning
 from gridflow._kernels import cuda_cells
 from gridflow._kernels.binning import BAD_LABEL, BINNED, NONFINITE, OUT_OF_RANGE
 from gridflow._kernels.binning import kernel as cpu_kernel
-from gridflow.binning import _kernel_args
+from gridflow.backend import ops
+from gridflow.binning import _Classes, _kernel_args
 from gridflow.grid import GridSpec
+from gridflow.points import Block, PointSource
+from gridflow.pyramid import level_bins, level_name
+from gridflow.store import counts_dataset
 from tests.conftest import reference_counts
+
+predict_mod = sys.modules["gridflow.predict"]  # gridflow.predict is also the function
 
 # (bounds, bins, periodic): 1, 2, 3, 5 and 6 dims, open and periodic, bounds
 # that are not dyadic (the cell arithmetic rounds).
@@ -47,13 +64,7 @@ CODE_DTYPES = [np.int64, np.int8, np.uint64, np.int32]
 
 def _xp() -> Any:
     """NumPy under the simulator, CuPy on a device."""
-    from numba import config
-
-    if config.ENABLE_CUDASIM:
-        return np
-    import cupy
-
-    return cupy
+    return cuda_cells.array_module()
 
 
 def _mode() -> str:
@@ -321,3 +332,175 @@ def check_cells_and_gather() -> None:
     out = cuda_cells.gather(_dev(np.arange(3.0)), _dev(np.empty(0, np.int64)), 0.0)
     assert _host(out).shape == (0,) and out.dtype == np.float64
     print(f"ok check_cells_and_gather ({_mode()}): {len(SPECS)} specs, {cases} gathers")
+
+
+# --- the stages' device paths -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stage_launches() -> Iterator[None]:
+    """The stages' tasks run one at a time (the simulator swaps a kernel's
+    globals while it runs: two launches at once would race), in blocks of 32
+    threads under the simulator (a stage launches once per block of points or
+    chunk read, and the simulator's cost is per thread; on a device: 256)."""
+    saved = cuda_cells.THREADS
+    if _mode() == "simulator":
+        cuda_cells.THREADS = 32
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            yield
+    finally:
+        cuda_cells.THREADS = saved
+
+
+# (spec, class names, label kind): 1 to 4 dims, open and periodic, each kind of
+# labels binning maps to codes (the bad ones: out of range, unknown, missing).
+BIN_CASES = [
+    (SPECS[0], (0, 1, 2), "int"),
+    (SPECS[3], ("a", "b", "c"), "str"),
+    (SPECS[5], (0, 1), "float"),
+    (
+        ([(0.0, 1.0), (-1.0, 2.0), (0.2, 0.9), (5.0, 6.0)], [2, 3, 2, 3], [False, True] * 2),
+        ("a", "b", "c"),
+        "category",
+    ),
+]
+#: Categories of the "category" case's codes ("d" is not a class; code -1 is missing).
+CATEGORIES = ("b", "a", "c", "d")
+
+
+def _labels(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    if kind == "int":
+        return rng.integers(-1, 4, n)
+    if kind == "str":
+        return rng.choice(np.array(["a", "b", "c", "zz", None], dtype=object), n)
+    if kind == "float":
+        return rng.choice(np.array([0.0, 1.0, 2.0, np.nan]), n)
+    return rng.integers(-1, len(CATEGORIES), n).astype(np.int8)
+
+
+def _source(spec: GridSpec, rng: np.random.Generator, kind: str, sizes: tuple) -> PointSource:
+    """Blocks of points (one empty) as binning reads them, float32 columns in 3-D."""
+    dtype = np.float32 if spec.ndim == 3 else np.float64
+    blocks = []
+    for n in sizes:
+        pts = _points(spec, rng, n)
+        cols = tuple(np.ascontiguousarray(pts[:, j], dtype=dtype) for j in range(spec.ndim))
+        blocks.append(dask.delayed(Block)(cols, _labels(rng, n, kind)))
+    return PointSource(columns=spec.dims, label="label", blocks=blocks)
+
+
+def check_bin_tree_on_device() -> None:
+    """The tree strategy on the device (``bin_points(backend="cupy")``): device
+    chains, sums and chunks; counts and host stats equal the CPU's; uint64
+    widening on the device."""
+    rng = np.random.default_rng(21)
+    saved = binning._total_threads
+    binning._total_threads = lambda: 3  # three chains of the five blocks, then a sum
+    xp = _xp()
+    try:
+        with _stage_launches():
+            for case, names, kind in BIN_CASES:
+                spec = _spec(*case)
+                classes = _Classes(names, kind, CATEGORIES if kind == "category" else None)
+                sizes = (30, 0, 25, 32, 20)
+                src = _source(spec, rng, kind, sizes)
+                chunks = tuple(max(1, b // 2) for b in spec.bins)
+                cpu, cpu_stats = binning._bin_tree(src, classes, spec, chunks)
+                got, stats = binning._bin_tree(src, classes, spec, chunks, device=True)
+                assert got.dtype == cpu.dtype == np.uint32 and got.chunks == cpu.chunks
+                assert type(got._meta) is type(xp.empty(0)) and ops(got) is ops(xp.empty(0))
+                assert type(got.blocks[(0,) * got.ndim].compute()) is type(xp.empty(0))
+                np.testing.assert_array_equal(_host(got.compute()), cpu.compute())
+                assert type(stats) is np.ndarray and stats.dtype == np.int64
+                np.testing.assert_array_equal(stats, cpu_stats)
+                assert stats[:4].sum() == sum(sizes) and stats[BINNED] > 0
+                assert stats[NONFINITE] > 0 and stats[BAD_LABEL] > 0
+                assert all(spec.periodic) or stats[OUT_OF_RANGE] > 0
+    finally:
+        binning._total_threads = saved
+
+    # A chain whose next block could wrap a uint32 cell widens its device grid
+    # first, as the CPU's; the device sum widens (or narrows back) as the CPU's.
+    spec, nclasses = _spec(*SPECS[3]), 3
+    classes = _Classes(tuple(range(nclasses)), "int")
+    pts = _points(spec, rng, 50)
+    block = Block(tuple(pts[:, j].copy() for j in range(spec.ndim)), rng.integers(0, 3, 50))
+    full = np.full(nclasses * spec.ncells, 2**32 - 1, np.uint32)
+    stats = np.zeros(4 + nclasses, np.int64)
+    stats[BINNED] = 2**32 - 20
+    with _stage_launches():
+        cpu = binning._count_into((full.copy(), stats.copy()), block, classes, spec)
+        got = binning._count_into((_dev(full), stats.copy()), block, classes, spec, True)
+    assert cpu[0].dtype == got[0].dtype == np.uint64 and (cpu[0] >= 2**32).any()
+    assert type(got[0]) is type(xp.empty(0)) and type(got[1]) is np.ndarray
+    np.testing.assert_array_equal(_host(got[0]), cpu[0])
+    np.testing.assert_array_equal(got[1], cpu[1])
+    ones = np.ones(nclasses * spec.ncells, np.uint32)
+    few = np.array([5, 0, 0, 0, 5, 0, 0], np.int64)
+    for parts in ([cpu, (ones, few)], [(ones, few), (ones.astype(np.uint64), few)]):
+        want, want_stats = binning._add_dense([(g.copy(), s) for g, s in parts])
+        total, total_stats = binning._add_dense([(_dev(g), s) for g, s in parts])
+        assert total.dtype == want.dtype and type(total) is type(xp.empty(0))
+        np.testing.assert_array_equal(_host(total), want)
+        np.testing.assert_array_equal(total_stats, want_stats)
+        shape = (nclasses, *spec.shape)
+        grid = binning._as_grid(total, shape, want.dtype)
+        np.testing.assert_array_equal(_host(grid), want.reshape(shape))
+    assert want.dtype == np.uint32  # the second sum: widened on rows read, not binned
+    print(f"ok check_bin_tree_on_device ({_mode()}): {len(BIN_CASES)} specs, widening")
+
+
+def _classified(spec: GridSpec, chunks: tuple, nclasses: int, levels: int, rng) -> Any:
+    """A grid as classify leaves it, chunked: per level labels (-1 unlabeled),
+    votes and probabilities."""
+    counts = da.zeros((nclasses, *spec.shape), np.uint32, chunks=(nclasses, *chunks))
+    ds = counts_dataset(counts, spec, tuple(range(nclasses)), {"rows": 0})
+    for level in range(levels):
+        shape = level_bins(spec.bins, level)
+        dims = tuple(level_name(d, level) for d in spec.dims)
+        cs = tuple(min(c, b) for c, b in zip(chunks, shape, strict=True))
+        labels = rng.integers(-1, nclasses, shape).astype(np.int16)
+        probability = rng.random((nclasses, *shape)).astype(np.float32)
+        ds[level_name("label", level)] = (dims, da.from_array(labels, chunks=cs))
+        ds[level_name("votes", level)] = (dims, da.from_array(rng.random(shape) * 3, chunks=cs))
+        ds[level_name("probability", level)] = (
+            ("class", *dims),
+            da.from_array(probability, chunks=(nclasses, *cs)),
+        )
+    return ds
+
+
+def check_predict_on_device() -> None:
+    """Prediction on the device (cells by ``cells``, values by ``gather``) equals
+    the CPU's: codes, probabilities and report, one level and a pyramid."""
+    rng = np.random.default_rng(5)
+    cases = [
+        # (spec, chunks, levels, min_votes, parts of the points)
+        (_spec(*SPECS[3]), (2, 4), 1, None, 2),
+        (_spec(*SPECS[5]), (2, 3, 2), 2, 1.5, 1),
+    ]
+    for spec, chunks, levels, min_votes, parts in cases:
+        ds = _classified(spec, chunks, 3, levels, rng)
+        pts = _points(spec, rng, 120 // parts * parts)
+        frame = pd.DataFrame(pts, columns=list(spec.dims))
+        points = dd.from_pandas(frame, npartitions=parts, sort=False)
+        args = {"probabilities": True, "levels": levels, "min_votes": min_votes}
+        assert not predict_mod._Grid(ds, "label", True).locator.device  # NumPy chunks
+        with _stage_launches():
+            cells = predict_mod._cell_index(pts, spec, device=True)
+            np.testing.assert_array_equal(cells, spec.cell_index(pts))
+            want = predict_mod.predict(ds, points, **args)
+            saved = predict_mod._Grid
+            predict_mod._Grid = functools.partial(saved, device=True)
+            try:
+                got = predict_mod.predict(ds, points, **args)
+            finally:
+                predict_mod._Grid = saved
+        assert got.codes.dtype == np.int64 and got.probability.dtype == np.float32
+        np.testing.assert_array_equal(got.codes, want.codes)
+        np.testing.assert_array_equal(got.probability, want.probability)
+        assert got.report == want.report, (got.report, want.report)
+        assert want.report["no_cell"] > 0 and want.report["predicted"] > 0
+        assert (levels == 1) or min(want.report["levels"]) > 0
+    print(f"ok check_predict_on_device ({_mode()}): {len(cases)} grids")

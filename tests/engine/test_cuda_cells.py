@@ -1,4 +1,5 @@
-"""The CUDA binning and prediction kernels against the CPU kernels, bit for bit.
+"""The CUDA binning and prediction kernels, and the stages' device paths that
+run them, against the CPU kernels and paths, bit for bit.
 
 The checks live in ``_cuda_cells_checks.py``. Without a CUDA device they run
 under numba's CUDA simulator in a subprocess: ``NUMBA_ENABLE_CUDASIM`` is
@@ -14,7 +15,15 @@ from tests.engine import _simulator as simulator
 SIM = not has_cuda_device()
 
 
-CHECKS = ["check_count", "check_count_edges", "check_cells_and_gather"]
+# Every other check runs in one of two simulator processes: in this order
+# they take about as long (check_count is the longest).
+CHECKS = [
+    "check_count_edges",
+    "check_count",
+    "check_cells_and_gather",
+    "check_predict_on_device",
+    "check_bin_tree_on_device",
+]
 
 
 simulated = simulator.fixture("tests.engine._cuda_cells_checks", CHECKS)
