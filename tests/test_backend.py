@@ -194,6 +194,14 @@ def test_backend_cupy_without_cupy_is_refused_before_any_work(rng, tmp_path):
     with pytest.raises(MissingDependencyError, match=r"gridflow\[gpu\]"):
         gf.predict_to_parquet(store, X, out, backend="cupy")
     assert not out.exists()
+    pts = tmp_path / "pts.parquet"
+    pd.DataFrame(X, columns=["x0", "x1"]).to_parquet(pts)
+    r = CliRunner().invoke(
+        main, ["--backend", "cupy", "predict", str(store), str(pts), "--out", str(out)]
+    )
+    assert (r.exit_code, r.output.count("\n")) == (2, 1)
+    assert r.output.startswith("error: backend cupy: needs CuPy")
+    assert not out.exists()
 
 
 @pytest.mark.gpu

@@ -7,7 +7,7 @@ import time
 import click
 
 from gridflow._types import BASELINES, PROJECTIONS, RENDER_VARIABLES
-from gridflow.cli._client import connect
+from gridflow.cli._client import connect, global_backend
 from gridflow.cli._errors import one_line_errors
 from gridflow.cli._options import COLUMNS, LABEL, STORE, choice, overwrite_option
 
@@ -116,7 +116,13 @@ def predict_(
     t0 = time.perf_counter()
     with connect():
         report = predict_to_parquet(
-            store, points, out, columns=columns, probabilities=probabilities, overwrite=overwrite
+            store,
+            points,
+            out,
+            columns=columns,
+            probabilities=probabilities,
+            overwrite=overwrite,
+            backend=global_backend(),
         )
     click.echo(
         f"predicted {report['predicted']:,} of {report['rows']:,} rows "
