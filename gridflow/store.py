@@ -644,9 +644,13 @@ def write_stage(
                 new, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc
             )
             # One computation for the dense writes, the sparse chunks and extra:
-            # what they share (a round's result) is computed once.
+            # what they share (a round's result) is computed once. Low-level
+            # fusion would rename the shared tasks inside extra's chains (the
+            # writes' graph is optimised apart, by to_zarr), and every block of
+            # the last round would run twice.
             spools = sparse_store.spool(new, sparse_vars)
-            _, extra, spooled = dask.compute(writes, extra, spools)
+            with dask.config.set({"optimization.fuse.active": False}):
+                _, extra, spooled = dask.compute(writes, extra, spools)
             spooled = sparse_store.spooled_cells(spooled)
             sparse_store.finish(new, sparse_vars, spooled)
             rec = dict(record(extra)) if record is not None else {}

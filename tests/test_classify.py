@@ -276,3 +276,29 @@ class _NoKernels:
 
     def kernel(self, operation):
         return None
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_a_stored_run_computes_each_block_of_its_last_round_once(
+    points, tmp_path, monkeypatch, scheduler
+):
+    # The stage's writes and its per-step counts share the last round: its blocks
+    # run once each (4 blocks of 24x20, one round of 3 steps), not once per output.
+    import dask
+
+    import gridflow.engine.vote as vote_mod
+
+    calls = []
+    original = vote_mod.fused_steps
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["steps"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(vote_mod, "fused_steps", counted)
+    store = tmp_path / "g.zarr"
+    _grid(points, store, chunks=(24, 20))
+    with dask.config.set(scheduler=scheduler):
+        out = classify(store, window=1, iterations=3)
+    assert calls == [3] * 4
+    assert len(out.attrs["gridflow_stages"]["classify"]["history"]) == 3
