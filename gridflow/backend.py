@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -43,8 +44,13 @@ __all__ = [
     "register",
     "register_lazy",
     "require_backend",
+    "task_threads",
     "to_host",
 ]
+
+#: Environment variable naming the cores of one worker process; gridflow's local
+#: cluster sets it for each worker it starts (cores / workers).
+WORKER_CORES_ENV = "GRIDFLOW_WORKER_CORES"
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +70,10 @@ class Backend:
     to_host : callable
         A NumPy copy of a chunk, for writing and for host-only code.
     fft_options : dict
-        Keyword arguments every FFT call takes (NumPy: all cores).
+        Keyword arguments every FFT call takes.
+    fft_threads : bool
+        The FFT takes a ``workers=`` thread count: every call gets
+        :func:`task_threads` (SciPy; CuPy's FFT runs on the device).
     kernels : dict
         Compiled chunk kernels by engine operation (``"vote"``,
         ``"fractal"``): module paths imported on first use. An operation
@@ -79,11 +88,26 @@ class Backend:
     to_host: Callable[[Any], np.ndarray]
     fft_options: dict[str, Any] = field(default_factory=dict)
     kernels: dict[str, str] = field(default_factory=dict)
+    fft_threads: bool = False
 
     def kernel(self, operation: str) -> ModuleType | None:
-        """The compiled kernels of ``operation`` on this backend, or None."""
+        """The compiled kernels of ``operation`` on this backend, or None.
+
+        NumPy's kernels are numba's: their parallel loops get the
+        :func:`task_threads` of the calling thread first.
+        """
         path = self.kernels.get(operation)
-        return None if path is None else importlib.import_module(path)
+        if path is None:
+            return None
+        if self.name == "numpy":
+            limit_numba_threads()
+        return importlib.import_module(path)
+
+    def fft_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of one FFT call from the calling thread."""
+        if self.fft_threads:
+            return {**self.fft_options, "workers": task_threads()}
+        return self.fft_options
 
     def meta(self, ndim: int, dtype: Any) -> Any:
         """An empty ``ndim``-dimensional chunk of ``dtype``: dask's ``meta``."""
@@ -195,6 +219,39 @@ def meta_like(a: Any, ndim: int | None = None, dtype: Any = None) -> Any:
     return ops(a).meta(ndim, dtype)
 
 
+def task_threads() -> int:
+    """Threads one chunk task's FFT and compiled loops may use, from the calling thread.
+
+    A Dask worker runs one task on each of its ``nthreads`` threads, so a task
+    takes the worker's cores over its threads (at least one). A worker's
+    cores are :data:`WORKER_CORES_ENV` where set (gridflow's local cluster
+    sets it for each worker process, and for its in-process worker), else its
+    threads: dask-jobqueue and dask-mpi start a worker with one thread per
+    core it owns. Outside a worker (the in-memory reference, a threaded or
+    synchronous scheduler) a task takes every core.
+
+    Several worker processes on a node therefore no longer each run FFTs on
+    all of its cores (``workers=-1``), nor numba's parallel loops on all of
+    them, on top of their own threads.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return os.cpu_count() or 1
+    nthreads = max(1, int(getattr(worker.state, "nthreads", 1)))
+    cores = int(os.environ.get(WORKER_CORES_ENV) or nthreads)
+    return max(1, cores // nthreads)
+
+
+def limit_numba_threads() -> None:
+    """Give numba's parallel loops of the calling thread :func:`task_threads` threads."""
+    import numba
+
+    numba.set_num_threads(min(task_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def parse_backend(value: Any) -> str | None:
     """``backend=``: None (the chunks as they come), ``"numpy"`` or ``"cupy"``."""
     from gridflow.errors import ParameterError
@@ -262,7 +319,7 @@ def _numpy() -> Backend:
         ndimage=scipy.ndimage,
         fft=scipy.fft,
         to_host=np.asarray,
-        fft_options={"workers": -1},
+        fft_threads=True,
         kernels={"vote": "gridflow._kernels.vote", "fractal": "gridflow._kernels.fractal"},
     )
 

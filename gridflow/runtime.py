@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from gridflow.backend import WORKER_CORES_ENV
 from gridflow.errors import ClusterError, MissingDependencyError, ParameterError
 
 __all__ = [
@@ -245,8 +246,19 @@ def _threads(opts: SchedulerOptions, workers: int) -> int:
     return opts.threads or max(1, (os.cpu_count() or 1) // workers)
 
 
+#: glibc malloc settings of local worker processes. distributed starts workers
+#: with ``MALLOC_TRIM_THRESHOLD_=65536`` (give freed memory back at once), which
+#: also pins the mmap threshold at 128 KiB: every chunk-sized temporary of a
+#: round is then a fresh mapping whose pages fault in again, and a 456² x 5
+#: vote round ran 1.5x slower alone, 2x slower beside a second worker
+#: (benchmarks/bench_distributed.py). Blocks under 64 MiB come from the heap and
+#: are reused; free memory past 128 MiB at the heap's top still goes back.
+MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+
+
 @contextlib.contextmanager
 def _local(opts: SchedulerOptions) -> Iterator[Any]:
+    import dask
     from distributed import Client, LocalCluster
 
     kwargs: dict[str, Any] = {
@@ -255,22 +267,45 @@ def _local(opts: SchedulerOptions) -> Iterator[Any]:
         "worker_dashboard_address": "127.0.0.1:0",
         "memory_limit": opts.memory_limit if opts.memory_limit is not None else "auto",
     }
+    cores = os.cpu_count() or 1
     if opts.workers is None:
         # In-process: scheduler and worker talk over inproc://, no socket.
         cluster = LocalCluster(
             processes=False, n_workers=1, threads_per_worker=_threads(opts, 1), **kwargs
         )
+        share = {WORKER_CORES_ENV: str(cores)}
     else:
-        cluster = LocalCluster(
-            host="127.0.0.1",
-            processes=True,
-            n_workers=opts.workers,
-            threads_per_worker=_threads(opts, opts.workers),
-            **kwargs,
-        )
-    with cluster, Client(cluster) as c:
+        # Each worker process owns its share of the cores: its tasks' FFTs and
+        # compiled loops split that share (gridflow.backend.task_threads).
+        share = {WORKER_CORES_ENV: str(max(1, cores // opts.workers))}
+        spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in MALLOC_ENVIRON.items()}
+        with dask.config.set(spawn):  # read by each nanny as it is created
+            cluster = LocalCluster(
+                host="127.0.0.1",
+                processes=True,
+                n_workers=opts.workers,
+                threads_per_worker=_threads(opts, opts.workers),
+                env=share,
+                **kwargs,
+            )
+    with _environ(share), cluster, Client(cluster) as c:
         log.info("local Dask cluster: %s (dashboard %s)", c.scheduler.address, dashboard_link(c))
         yield c
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the block, restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def dashboard_link(c: Any) -> str:

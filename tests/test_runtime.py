@@ -5,6 +5,7 @@ import ipaddress
 import os
 import subprocess
 
+import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -26,6 +27,23 @@ def _listening(proc: psutil.Process) -> set[tuple[str, int]]:
     }
 
 
+def _numba_max():
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def _kernel_threads():
+    """(FFT workers, numba threads) a chunk kernel gets in this thread."""
+    import numba
+
+    from gridflow.backend import ops
+
+    b = ops(np.zeros(1))
+    b.kernel("vote")  # sets numba's threads for this thread
+    return b.fft_kwargs()["workers"], numba.get_num_threads()
+
+
 def test_default_cluster_is_in_process_and_listens_on_loopback_only():
     me = psutil.Process()
     before = _listening(me)
@@ -35,6 +53,11 @@ def test_default_cluster_is_in_process_and_listens_on_loopback_only():
         link = dashboard_link(c)
         assert len(c.scheduler_info()["workers"]) == 1
         assert c.submit(sum, [1, 2]).result() == 3
+        # One thread a core: a task's FFTs and compiled loops run on one thread.
+        assert c.submit(_kernel_threads, pure=False).result() == (1, 1)
+    with client(threads=1) as c:
+        cores = os.cpu_count()
+        assert c.submit(_kernel_threads, pure=False).result() == (cores, min(cores, _numba_max()))
     assert new and {ip for ip, _ in new} <= LOOPBACK
     # The logged link is where the dashboard really listens.
     assert link.startswith("http://127.0.0.1:")
@@ -54,6 +77,10 @@ def test_local_worker_processes_listen_on_loopback_only():
         for pid in pids.values():
             sockets |= _listening(psutil.Process(pid))
         memory, threads = worker_memory()
+        # Each process owns half the cores, split over its one thread.
+        share = max(1, os.cpu_count() // 2)
+        got = {c.submit(_kernel_threads, workers=[w], pure=False).result() for w in pids}
+        assert got == {(share, min(share, _numba_max()))}
     assert sockets and {ip for ip, _ in sockets} <= LOOPBACK
     assert threads == 1 and memory > 0
 

@@ -55,6 +55,9 @@ def _compiled() -> Any:
 
 def flat_index(points: np.ndarray, spec: Any) -> np.ndarray:
     """C-order flat cell index of each row of ``points`` (n, ndim), -1 where none."""
+    from gridflow.backend import limit_numba_threads
+
+    limit_numba_threads()  # the calling task's share of the cores
     pts = np.asarray(points, dtype=np.float64)  # any strides: no copy of F-order frames
     out = np.empty(pts.shape[0], np.int64)
     _compiled()(

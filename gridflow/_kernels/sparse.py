@@ -24,8 +24,12 @@ import numpy as np
 
 
 def _threads() -> int:
+    """Threads of this task's parallel loops (set first: gridflow.backend.task_threads)."""
     import numba
 
+    from gridflow.backend import limit_numba_threads
+
+    limit_numba_threads()
     return numba.get_num_threads()
 
 

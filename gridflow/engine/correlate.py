@@ -132,16 +132,18 @@ def _fft(planes: Any, kernel: Kernel, wrap: Wrap, exact: bool = False) -> Any:
 
 
 def _rfftn(b: Backend, x: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
-    a = b.fft.rfft(x, n=shape[-1], axis=axes[-1], **b.fft_options)
+    opts = b.fft_kwargs()
+    a = b.fft.rfft(x, n=shape[-1], axis=axes[-1], **opts)
     for n, ax in zip(shape[:-1], axes[:-1], strict=True):
-        a = b.fft.fft(a, n=n, axis=ax, overwrite_x=True, **b.fft_options)
+        a = b.fft.fft(a, n=n, axis=ax, overwrite_x=True, **opts)
     return a
 
 
 def _irfftn(b: Backend, a: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
+    opts = b.fft_kwargs()
     for ax in axes[:-1]:
-        a = b.fft.ifft(a, axis=ax, overwrite_x=True, **b.fft_options)
-    return b.fft.irfft(a, n=shape[-1], axis=axes[-1], overwrite_x=True, **b.fft_options)
+        a = b.fft.ifft(a, axis=ax, overwrite_x=True, **opts)
+    return b.fft.irfft(a, n=shape[-1], axis=axes[-1], overwrite_x=True, **opts)
 
 
 #: Blocks of at most this many cells per plane are transformed all planes at once.
@@ -155,7 +157,7 @@ def _kernel_spectrum(b: Backend, kernel: Kernel, shape: tuple[int, ...]) -> Any:
     # Weight of offset u goes to index u mod shape.
     idx = np.ix_(*[np.arange(-r, r + 1) % n for r, n in zip(kernel.radius, shape, strict=True)])
     emb[idx] = kernel.weights
-    return b.xp.conj(b.fft.rfftn(b.xp.asarray(emb), **b.fft_options))
+    return b.xp.conj(b.fft.rfftn(b.xp.asarray(emb), **b.fft_kwargs()))
 
 
 _METHODS: dict[str, Callable[[Any, Kernel, Wrap, bool], Any]] = {
