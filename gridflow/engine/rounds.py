@@ -26,8 +26,12 @@ from dask.array.overlap import ensure_minimum_chunksize
 __all__ = [
     "ROUND_SECONDS",
     "StepCost",
+    "assemble_dense",
+    "block_round",
     "fusion_factor",
+    "halo_pieces",
     "halo_radius",
+    "haloed_shape",
     "max_fusion",
     "overlap_round",
     "round_chunks",
@@ -103,50 +107,190 @@ def overlap_round(
     meta: Any,
     **kwargs: Any,
 ) -> Any:
-    """One lazy round of a vote engine: ``block`` mapped with ``map_overlap``.
+    """One lazy round of the dense vote engine: ``block`` on every haloed chunk.
 
     The blocks get ``state.labels`` and ``extras`` (labels-shaped) with a
     halo of ``depth``, the ``(class, *dims)`` seed counts on the first step
     (``state.step == 0``) with the same halo, and the carried density
     without one; on a periodic ``boundary`` the halos wrap, and beyond an
-    open edge the labels and extras hold
-    ``open_fill`` and the seed counts ``seed_fill``. The output stacks
-    ``nplanes`` planes over the labels' chunks. ``block`` also receives
-    ``has_seed``, ``has_density``, ``first_step`` and ``depth_``, and
-    ``kwargs``.
+    open edge the labels and extras hold ``open_fill`` and the seed counts
+    ``seed_fill``. The output stacks ``nplanes`` planes over the labels'
+    chunks. ``block`` also receives ``has_seed``, ``has_density``,
+    ``first_step`` and ``depth_``, and ``kwargs``.
+
+    The graph is :func:`block_round`'s: each halo slab is cut where its
+    chunk lives, and the block's own task assembles them, so the scheduler
+    places the round's work with the chunk it extends (``map_overlap``'s
+    separate concatenation tasks were placed by their slabs and piled two
+    thirds of a round's blocks onto one of two workers).
     """
-    cur = state.labels
-    periodic = boundary == "periodic"
-    arrays = [cur, *extras]
-    depths = [dict(enumerate(depth))] * len(arrays)
-    bounds = ["periodic" if periodic else open_fill] * len(arrays)
     seeded = seed_counts is not None and state.step == 0
-    if seeded:
-        arrays.append(seed_counts)
-        depths.append({0: 0, **{i + 1: d for i, d in enumerate(depth)}})
-        bounds.append("periodic" if periodic else seed_fill)
-    if state.density is not None:
-        arrays.append(state.density)
-        depths.append(dict.fromkeys(range(cur.ndim), 0))
-        bounds.append("none")
-    return da.map_overlap(
+    return block_round(
         block,
-        *arrays,
-        depth=depths,
-        boundary=bounds,
-        trim=False,
-        align_arrays=False,
-        dtype=np.float64,
-        # The stacked output's first axis is new, unless the (class, *dims)
-        # counts already lend it theirs.
-        **({} if seeded else {"new_axis": 0}),
-        chunks=((nplanes,), *cur.chunks),
+        state,
+        [(a, open_fill) for a in (state.labels, *extras)]
+        + ([(seed_counts, seed_fill)] if seeded else []),
+        depth=depth,
+        periodic=boundary == "periodic",
+        nplanes=nplanes,
         meta=meta,
-        has_seed=seeded,
-        has_density=state.density is not None,
+        assemble=assemble_dense,
+        slabs=True,
+        keywords={"has_seed": seeded},
+        **kwargs,
+    )
+
+
+def block_round(
+    block: Callable[..., Any],
+    state: Any,
+    haloed: Sequence[tuple[Any, Any]],
+    *,
+    depth: tuple[int, ...],
+    periodic: bool,
+    nplanes: int,
+    meta: Any,
+    assemble: Callable[..., Any],
+    slabs: bool,
+    keywords: dict[str, Any],
+    block_id: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """One task a block: ``block`` on the haloed chunks of ``haloed``, a lazy array.
+
+    ``haloed`` lists ``(array, fill)``: arrays over the labels' chunks
+    (after any leading axes held whole), each given to ``block`` with a
+    halo ``depth`` deep, at most one chunk (:func:`max_fusion`), wrapping
+    when ``periodic``. Beyond an open edge a dense block is padded with
+    ``fill``; ``fill=None`` leaves the halo out there (COO blocks hold what
+    exists). ``state.density`` follows without a halo. ``assemble(parts,
+    boxes, shape, fill)`` builds one haloed block from its pieces:
+    neighbour chunks whole, or with ``slabs`` each piece cut by a task of
+    its own where its chunk lives (only halos travel), ``boxes[p] = (lo,
+    hi, at)``. ``block`` gets ``keywords``, ``has_density``, ``first_step``,
+    ``depth_``, ``kwargs`` and, with ``block_id``, the block's index.
+    """
+    import functools
+    import itertools
+    import operator
+
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    cur = state.labels
+    chunks = cur.chunks
+    density = state.density
+    fn = functools.partial(
+        block,
+        has_density=density is not None,
         first_step=state.step + 1,
         depth_=depth,
+        **keywords,
         **kwargs,
+    )
+    name = "round-" + tokenize(
+        [(a.name, fill) for a, fill in haloed], density.name if density is not None else None,
+        depth, periodic, nplanes, state.step, slabs, sorted(keywords.items(), key=str),
+        sorted(kwargs.items(), key=str),
+    )  # fmt: skip
+    slab = "halo-" + name
+    dsk: dict[Any, Any] = {}
+    for idx in np.ndindex(*cur.numblocks):
+        pad = [fill is not None for _, fill in haloed]
+        inputs = []
+        for i, (a, fill) in enumerate(haloed):
+            pieces = list(itertools.product(*halo_pieces(idx, chunks, depth, periodic, pad[i])))
+            boxes = np.array([[[q[k] for q in piece] for k in (1, 2, 3)] for piece in pieces])
+            lead = (0,) * (a.ndim - cur.ndim)
+            keys = []
+            for p, piece in enumerate(pieces):
+                key = (a.name, *lead, *(q[0] for q in piece))
+                whole = all(
+                    q[1] == 0 and q[2] == c[q[0]] for q, c in zip(piece, chunks, strict=True)
+                )
+                if slabs and not whole:
+                    cut = (*(slice(None) for _ in lead), *(slice(q[1], q[2]) for q in piece))
+                    dsk[(slab, i, *idx, p)] = (operator.getitem, key, cut)
+                    key = (slab, i, *idx, p)
+                keys.append(key)
+            shape = haloed_shape(idx, chunks, depth, pieces, pad[i])
+            inputs.append([keys, boxes, shape, fill])  # lists: dask looks for keys in them
+        own = [(density.name, *idx)] if density is not None else []
+        dsk[(name, 0, *idx)] = (
+            _assembled_block, fn, assemble, (0, *idx) if block_id else None, inputs, own,
+        )  # fmt: skip
+    graph = HighLevelGraph.from_collections(
+        name,
+        dsk,
+        dependencies=[*(a for a, _ in haloed), *([density] if density is not None else [])],
+    )
+    return da.Array(graph, name, ((nplanes,), *chunks), meta=meta)
+
+
+def _assembled_block(
+    fn: Callable[..., Any],
+    assemble: Callable[..., Any],
+    block_id: tuple[int, ...] | None,
+    inputs: list[list[Any]],
+    own: list[Any],
+) -> Any:
+    """Assemble each input's haloed block from its pieces, then run ``fn`` on them."""
+    blocks = [assemble(parts, boxes, shape, fill) for parts, boxes, shape, fill in inputs]
+    extra = {} if block_id is None else {"block_id": block_id}
+    return fn(*blocks, *own, **extra)
+
+
+def assemble_dense(parts: list[Any], boxes: np.ndarray, shape: tuple[int, ...], fill: Any) -> Any:
+    """One dense haloed block of spatial ``shape`` from slabs cut to size: slab ``p``
+    lands at ``boxes[p][2]``; cells no slab covers (beyond an open edge) hold ``fill``."""
+    from gridflow.backend import ops
+
+    first = parts[0]
+    lead = first.shape[: first.ndim - len(shape)]
+    full = (*lead, *shape)
+    covered = sum(math.prod(p.shape) for p in parts) == math.prod(full)
+    xp = ops(first).xp
+    out = xp.empty(full, first.dtype) if covered else xp.full(full, fill, first.dtype)
+    for part, (_, _, at) in zip(parts, boxes, strict=True):
+        size = part.shape[len(lead) :]
+        out[(..., *(slice(a, a + n) for a, n in zip(at, size, strict=True)))] = part
+    return out
+
+
+def halo_pieces(
+    idx: tuple[int, ...], chunks: tuple, depth: tuple[int, ...], periodic: bool, pad: bool
+) -> list[list[tuple[int, int, int, int]]]:
+    """Per dim, the ``(neighbour, lo, hi, at)`` slabs of a haloed block: the
+    neighbour's cells ``[lo, hi)`` along that dim land at ``at`` onwards.
+
+    Beyond an open edge there is no slab; with ``pad`` the block still
+    starts ``depth`` cells before its chunk there (the cells to fill).
+    """
+    out = []
+    for i, c, d in zip(idx, chunks, depth, strict=True):
+        n = len(c)
+        below = bool(d) and (periodic or i > 0)
+        above = bool(d) and (periodic or i < n - 1)
+        start = d if below or (pad and d) else 0
+        dim = [(i, 0, c[i], start)]
+        if below:
+            dim.insert(0, ((i - 1) % n, c[(i - 1) % n] - d, c[(i - 1) % n], 0))
+        if above:
+            dim.append(((i + 1) % n, 0, d, start + c[i]))
+        out.append(dim)
+    return out
+
+
+def haloed_shape(
+    idx: tuple[int, ...], chunks: tuple, depth: tuple[int, ...], pieces: list[tuple], pad: bool
+) -> tuple[int, ...]:
+    """Spatial shape of a haloed block: its chunk and ``depth`` a side with
+    ``pad``, else what the slabs of ``pieces`` cover."""
+    if pad:
+        return tuple(c[i] + 2 * d for i, c, d in zip(idx, chunks, depth, strict=True))
+    dims = len(pieces[0])
+    return tuple(
+        max(piece[j][3] + piece[j][2] - piece[j][1] for piece in pieces) for j in range(dims)
     )
 
 

@@ -27,7 +27,6 @@ counts in the first cells of their planes).
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -35,7 +34,7 @@ import dask.array as da
 import numpy as np
 
 from gridflow._kernels import sparse as kernels
-from gridflow.engine.rounds import StepCost, fusion_factor, halo_radius, max_fusion
+from gridflow.engine.rounds import StepCost, block_round, fusion_factor, halo_radius, max_fusion
 from gridflow.errors import GridTooLargeError, ParameterError
 from gridflow.kernels import Kernel
 from gridflow.sparse_grid import coo, linear_keys, unravel_keys
@@ -271,92 +270,27 @@ def _overlap_round(
     ``periodic`` and absent beyond an open edge; the seed counts (class
     axis whole) on the first step and the carried density (no halo) as
     ``overlap_round`` gives them, and so are the keywords ``block`` gets
-    (with ``periodic``).
+    (with ``periodic`` and ``block_id``).
     """
-    import functools
-
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
-    cur = state.labels
-    chunks = cur.chunks
     seeded = seed_counts is not None and state.step == 0
-    density = state.density
-    fn = functools.partial(
+    haloed = [(a, None) for a in (state.labels, *extras, *([seed_counts] if seeded else []))]
+    return block_round(
         block,
-        has_seed=seeded,
-        has_density=density is not None,
-        first_step=state.step + 1,
-        depth_=depth,
+        state,
+        haloed,
+        depth=depth,
         periodic=periodic,
+        nplanes=nplanes,
+        meta=meta,
+        assemble=_haloed,
+        slabs=False,
+        keywords={"has_seed": seeded, "periodic": periodic},
+        block_id=True,
         **kwargs,
     )
-    haloed = [*([cur, *extras]), *([seed_counts] if seeded else [])]
-    name = "sparse-round-" + tokenize(
-        [a.name for a in haloed], density.name if density is not None else None,
-        depth, periodic, nplanes, state.step, sorted(kwargs.items(), key=str),
-    )  # fmt: skip
-    dsk: dict[Any, Any] = {}
-    for idx in np.ndindex(*cur.numblocks):
-        pieces = list(itertools.product(*_halo_pieces(idx, chunks, depth, periodic)))
-        boxes = np.array([[[p[k] for p in piece] for k in (1, 2, 3)] for piece in pieces])
-        shape = _haloed_shape(pieces)
-        keys = [
-            [
-                (a.name, *((0,) if a is seed_counts else ()), *(p[0] for p in piece))
-                for piece in pieces
-            ]
-            for a in haloed
-        ]
-        own = [(density.name, *idx)] if density is not None else []
-        dsk[(name, 0, *idx)] = (_haloed_round, fn, (0, *idx), shape, boxes, keys, own)
-    graph = HighLevelGraph.from_collections(
-        name, dsk, dependencies=[*haloed, *([density] if density is not None else [])]
-    )
-    return da.Array(graph, name, ((nplanes,), *chunks), meta=meta)
 
 
-def _halo_pieces(
-    idx: tuple[int, ...], chunks: tuple, depth: tuple[int, ...], periodic: bool
-) -> list[list[tuple[int, int, int, int]]]:
-    """Per dim, the ``(neighbour, lo, hi, at)`` slabs of a haloed block: the
-    neighbour's cells ``[lo, hi)`` along that dim land at ``at`` onwards."""
-    out = []
-    for i, c, d in zip(idx, chunks, depth, strict=True):
-        n = len(c)
-        below = bool(d) and (periodic or i > 0)
-        above = bool(d) and (periodic or i < n - 1)
-        start = d if below else 0
-        dim = [(i, 0, c[i], start)]
-        if below:
-            dim.insert(0, ((i - 1) % n, c[(i - 1) % n] - d, c[(i - 1) % n], 0))
-        if above:
-            dim.append(((i + 1) % n, 0, d, start + c[i]))
-        out.append(dim)
-    return out
-
-
-def _haloed_shape(pieces: list[tuple]) -> tuple[int, ...]:
-    """Spatial shape of the haloed block the slabs of ``pieces`` make."""
-    dims = len(pieces[0])
-    return tuple(
-        max(piece[j][3] + piece[j][2] - piece[j][1] for piece in pieces) for j in range(dims)
-    )
-
-
-def _haloed_round(
-    fn: Any,
-    block_id: tuple[int, ...],
-    shape: tuple[int, ...],
-    boxes: np.ndarray,
-    inputs: list[list[Any]],
-    own: list[Any],
-) -> Any:
-    """Assemble each input's haloed COO block from its neighbours' chunks, then run ``fn``."""
-    return fn(*(_haloed(parts, boxes, shape) for parts in inputs), *own, block_id=block_id)
-
-
-def _haloed(parts: list[Any], boxes: np.ndarray, shape: tuple[int, ...]) -> Any:
+def _haloed(parts: list[Any], boxes: np.ndarray, shape: tuple[int, ...], fill: None = None) -> Any:
     """One COO block of ``shape`` (after any leading whole axis of the parts)
     from the slabs ``boxes[p] = (lo, hi, at)`` of the parts ``parts[p]``."""
     lead = parts[0].ndim - len(shape)
