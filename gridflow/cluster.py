@@ -58,7 +58,7 @@ import numpy as np
 
 from gridflow import store as store_mod
 from gridflow._types import SEEDS, Boundary, EqualizeMethod, Seed, Support, choices
-from gridflow.backend import ops
+from gridflow.backend import move, ops
 from gridflow.checkpoint import resume_point
 from gridflow.classify import filter_record, parse_boundary, parse_iterations, parse_support
 from gridflow.engine.components import LevelSetTree, level_set_tree, parse_connectivity
@@ -277,8 +277,8 @@ def cluster(
         an interrupted run starts again from the beginning).
     backend : {"numpy", "cupy"}, optional
         Where the dense chunks are computed: host memory, or the CUDA device
-        (CuPy; gridflow[gpu]). Default: as the grid's chunks are. Results move
-        to the host only to be written.
+        (CuPy; gridflow[gpu]). Default: as the grid's chunks are. The density
+        filter runs there; its levels and components are computed on the host.
 
     Returns
     -------
@@ -354,6 +354,10 @@ def cluster(
     density = final.density
     if exists is not None and not is_sparse:
         density = da.where(exists.rechunk(density.chunks), density, 0.0)
+    # The filter ran where the chunks are; the levels and components run on the
+    # host (their labelling and cross-chunk merge are host code), from one copy.
+    density, points = move(density, "numpy"), move(points, "numpy")
+    exists = None if exists is None else move(exists, "numpy")
     (density,) = dask.persist(density)
     # 2. Levels (over the existing cells).
     eq = equalize(density, levels=cuts, method=method, exists=exists)
