@@ -332,3 +332,198 @@ def box_sums(
         )
         cur = dst
     return out
+
+
+# --- grouped line sums: the direct window sum, per class, along contiguous lines ------
+
+
+@functools.cache
+def _lines_compiled() -> Any:
+    from numba import njit, prange
+
+    # fastmath: every product and partial sum here is exact (integer counts times
+    # dyadic weights, multiples of the quantum below 2**53), so reassociating or
+    # contracting them into FMAs cannot change a bit; it lets LLVM vectorize.
+    @njit(parallel=True, cache=True, fastmath=True)
+    def lines(planes, pshape, shape, members, starts, profiles, out):  # pragma: no cover - compiled
+        # planes: (nplanes, prod(pshape)) the block padded by the radius r on
+        # every side; out: (nplanes, prod(shape)). For each output line (all
+        # leading coords, the whole last dim) and class: S_g = the sum of the
+        # padded lines at the leading offsets of group g (flat offsets
+        # `members[starts[g]:starts[g + 1]]`), then out += profiles[g] (the
+        # weights of those offsets along the last dim) correlated with S_g.
+        ndim = shape.shape[0]
+        nplanes = planes.shape[0]
+        n = shape[ndim - 1]
+        npad = pshape[ndim - 1]
+        width = profiles.shape[1]
+        nlines = 1
+        for d in range(ndim - 1):
+            nlines *= shape[d]
+        pstrides = np.empty(ndim, np.int64)
+        acc = 1
+        for d in range(ndim - 1, -1, -1):
+            pstrides[d] = acc
+            acc *= pshape[d]
+        ngroups = starts.shape[0] - 1
+        for line in prange(nlines):
+            # The padded index of the line's start (leading coords + r).
+            rem = np.int64(line) + 0
+            base = np.int64(0)
+            for d in range(ndim - 2, -1, -1):
+                c = rem % shape[d]
+                rem = rem // shape[d]
+                base += (c + (pshape[d] - shape[d]) // 2) * pstrides[d]
+            s = np.empty(npad)
+            for k in range(nplanes):
+                row = planes[k]
+                a = out[k, line * n : line * n + n]
+                a[:] = 0.0
+                for g in range(ngroups):
+                    m0 = starts[g]
+                    first = row[base + members[m0] : base + members[m0] + npad]
+                    for z in range(npad):
+                        s[z] = first[z]
+                    for m in range(m0 + 1, starts[g + 1]):
+                        src = row[base + members[m] : base + members[m] + npad]
+                        for z in range(npad):
+                            s[z] += src[z]
+                    for t in range(width):
+                        w = profiles[g, t]
+                        if w != 0.0:
+                            shifted = s[t : t + n]
+                            for z in range(n):
+                                a[z] += w * shifted[z]
+
+    return lines
+
+
+@functools.lru_cache(maxsize=32)
+def line_groups(
+    weights_key: bytes, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The window's leading offsets grouped by their weights along the last dim.
+
+    Returns ``(offsets, starts, profiles, counts)``: the leading offsets
+    (T, ndim - 1) of every non-zero row of the weights, ordered by group;
+    group ``g`` holds ``offsets[starts[g]:starts[g + 1]]`` and weighs
+    ``profiles[g]`` along the last dim. A symmetric window has few groups
+    (inverse distance, 3-D, w=2: 25 offsets in 6 groups; a box: one), so a
+    line of votes costs ``T`` line additions and ``sum(nnz(profiles))``
+    multiply-adds, not ``(2w+1)**d``.
+    """
+    weights = np.frombuffer(weights_key).reshape(shape)
+    rows = weights.reshape(-1, shape[-1])
+    radius = np.asarray([s // 2 for s in shape[:-1]], np.int64)
+    if len(shape) > 1:
+        lead = np.indices(shape[:-1]).reshape(len(shape) - 1, -1).T - radius
+    else:
+        lead = np.zeros((1, 0), np.int64)  # one line: the last dim is the only one
+    keep = np.flatnonzero(rows.any(axis=1))
+    profiles, group = np.unique(rows[keep], axis=0, return_inverse=True)
+    order = np.argsort(group.reshape(-1), kind="stable")
+    counts = np.bincount(group.reshape(-1), minlength=len(profiles))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    offsets = np.ascontiguousarray(lead[keep][order], dtype=np.int64)
+    return offsets, starts, np.ascontiguousarray(profiles), counts
+
+
+def line_cost(weights: np.ndarray) -> int:
+    """Operations per cell and plane of :func:`line_sums`: line additions plus
+    multiply-adds (the ``counts`` and ``profiles`` of :func:`line_groups`)."""
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    offsets, _, profiles, _ = line_groups(w.tobytes(), w.shape)
+    return int(len(offsets) + np.count_nonzero(profiles))
+
+
+def line_sums(
+    planes: np.ndarray,
+    weights: np.ndarray,
+    wrap: tuple[bool, ...],
+    out: np.ndarray | None = None,
+    padded: bool = False,
+) -> np.ndarray:
+    """Window correlation of ``planes`` (nplanes, *shape), float64: each cell
+    gets the sum over the window offsets ``u`` of ``weights[r + u] *
+    plane[p + u]``, wrapping along the dims where ``wrap``, zeros beyond the
+    block elsewhere (into ``out`` when given).
+
+    The sums run along contiguous lines of the last dim, per class, with the
+    window's leading offsets grouped by their weights (:func:`line_groups`):
+    every product is an integer count times a dyadic weight and every sum a
+    multiple of the kernel's quantum, so the bits are those of any exact
+    method. ``padded``: ``planes`` already carry the radius on every side
+    (wrapped or zero), and the result has the shape without it.
+    """
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    radius = tuple(s // 2 for s in w.shape)
+    if not padded:
+        planes = pad_block(planes, radius, wrap, 0.0, lead=1)
+    shape = tuple(s - 2 * r for s, r in zip(planes.shape[1:], radius, strict=True))
+    lead, starts, profiles, _ = line_groups(w.tobytes(), w.shape)
+    pshape = planes.shape[1:]
+    pstrides = np.cumprod((1, *pshape[:0:-1]))[::-1]  # C strides of the padded block
+    members = (lead * np.asarray(pstrides[:-1], np.int64)).sum(axis=1).astype(np.int64)
+    into = out
+    if out is None or out.dtype != np.float64 or not out.flags.c_contiguous:
+        into = np.empty((planes.shape[0], *shape))
+    _lines_compiled()(
+        np.ascontiguousarray(planes, dtype=np.float64).reshape(planes.shape[0], -1),
+        np.asarray(pshape, np.int64),
+        np.asarray(shape, np.int64),
+        members,
+        starts,
+        profiles,
+        into.reshape(into.shape[0], -1),
+    )
+    if out is not None and into is not out:
+        out[...] = into
+        return out
+    return into
+
+
+def pad_block(
+    a: np.ndarray, radius: tuple[int, ...], wrap: tuple[bool, ...], fill: Any, lead: int = 0
+) -> np.ndarray:
+    """``a`` grown by ``radius`` cells a side along its last ``len(radius)``
+    dims (after ``lead`` leading ones): wrapped where ``wrap``, else ``fill``."""
+    width = [(0, 0)] * lead + [(r, r) for r in radius]
+    if not any(radius):
+        return a
+    if all(wrap):
+        return np.pad(a, width, mode="wrap")
+    out = np.pad(a, width, mode="constant", constant_values=fill)
+    for j, (r, w) in enumerate(zip(radius, wrap, strict=True)):
+        if w and r:
+            ax = lead + j
+            n = a.shape[ax]
+            idx = [slice(None)] * out.ndim
+            src = [slice(None)] * out.ndim
+            idx[ax], src[ax] = slice(0, r), slice(n, n + r)
+            out[tuple(idx)] = out[tuple(src)]
+            idx[ax], src[ax] = slice(n + r, n + 2 * r), slice(r, 2 * r)
+            out[tuple(idx)] = out[tuple(src)]
+    return out
+
+
+def window_votes(
+    labels: np.ndarray,
+    weights: np.ndarray,
+    nclasses: int,
+    wrap: bool | tuple[bool, ...],
+    exact: bool,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Votes ``(nclasses, *labels.shape)`` float64 of one step, straight from the labels.
+
+    The CPU twin of :func:`gridflow._kernels.cuda_vote.window_votes`: the
+    labels padded by the radius (wrapped, or a label that does not vote),
+    their one-hot planes, then :func:`line_sums`. Labels < 0 or >=
+    ``nclasses`` do not vote; beyond an edge that does not wrap nothing
+    votes, with or without ``exact``.
+    """
+    flags = tuple(np.broadcast_to(np.asarray(wrap, np.bool_), (labels.ndim,)).tolist())
+    radius = tuple(s // 2 for s in weights.shape)
+    padded = pad_block(np.ascontiguousarray(labels, np.int32), radius, flags, -1)
+    planes = onehot(padded, nclasses)
+    return line_sums(planes, weights, flags, out, padded=True)

@@ -36,7 +36,7 @@ from dask.array.overlap import ensure_minimum_chunksize
 
 from gridflow._types import Boundary, CorrelationMethod
 from gridflow.backend import meta_like, ops
-from gridflow.engine.correlate import correlate, method_cost, wrap_flags
+from gridflow.engine.correlate import choose_method, correlate, has_lines, method_cost, wrap_flags
 from gridflow.engine.rounds import StepCost, fusion_factor, halo_radius, overlap_round, run_rounds
 from gridflow.errors import ParameterError
 from gridflow.kernels import Kernel
@@ -92,8 +92,19 @@ def vote(
     # an open edge of the block (``exact``), where nothing votes.
     full = nclasses > 1 and labels.size > 0 and not exact and int(labels.min()) >= 0
     nplanes = nclasses - 1 if full else nclasses
-    votes = ops(labels).xp.empty((nclasses, *labels.shape)) if out is None else out
-    correlate(_onehot(labels, nplanes), kernel, method, wrap, exact, votes[:nplanes])
+    b = ops(labels)
+    votes = b.xp.empty((nclasses, *labels.shape)) if out is None else out
+    lines = has_lines(b)
+    if method == "lines" or (
+        method == "auto" and lines and choose_method(kernel, labels.shape) == "lines"
+    ):
+        # The line sums pad the labels, not the planes: one-hot planes of the
+        # padded block, summed straight into the votes.
+        b.kernel("vote").window_votes(
+            labels, kernel.weights, nplanes, wrap_flags(wrap, labels.ndim), exact, votes[:nplanes]
+        )
+    else:
+        correlate(_onehot(labels, nplanes), kernel, method, wrap, exact, votes[:nplanes])
     if full:
         _complete_last_plane(votes, kernel.weights.sum())
     return votes

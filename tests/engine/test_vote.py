@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from gridflow.engine.correlate import choose_method, correlate, fft_exact
-from gridflow.engine.vote import OUTSIDE, run_dask, run_numpy
+from gridflow.engine.vote import OUTSIDE, run_dask, run_numpy, vote
 from gridflow.errors import ParameterError
 from gridflow.kernels import parse_kernel
 from tests.conftest import reference
@@ -182,7 +182,10 @@ def test_window_larger_than_the_grid():
 
 def test_method_choice():
     assert choose_method(parse_kernel("box", window=30, ndim=2), (512, 512)) == "box"
-    assert choose_method(parse_kernel("inverse_distance", window=1, ndim=2), (512, 512)) == "direct"
+    small = parse_kernel("inverse_distance", window=1, ndim=2)
+    assert choose_method(small, (512, 512)) == "lines"
+    assert choose_method(small, (512, 512), lines=False) == "direct"  # a backend without them
+    assert choose_method(parse_kernel("inverse_distance", window=2, ndim=3), (165,) * 3) == "lines"
     assert choose_method(parse_kernel("inverse_distance", window=20, ndim=2), (512, 512)) == "fft"
     assert choose_method(parse_kernel("gaussian", window=10, ndim=2), (512, 512)) == "separable"
 
@@ -296,3 +299,24 @@ def test_fused_sparse_updates_equal_correlating_every_step(boundary, chunks, rng
     )
     for a, b in zip(auto + auto_clamped, fft + fft_clamped, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["inverse_distance", "gaussian", "box"])
+@pytest.mark.parametrize(("ndim", "window", "side"), [(1, 3, 23), (2, 2, 17), (3, 2, 9), (4, 1, 6)])
+def test_line_sums_equal_the_direct_sums(rng, name, ndim, window, side):
+    # The compiled line sums (grouped leading offsets, one pass per line) give the
+    # direct sums' bits: from labels (any class, unlabeled and OUTSIDE cells), and
+    # from integer count planes (seed="counts"), wrapped or not along each dim.
+    from gridflow._kernels.vote import line_sums, window_votes
+
+    k = parse_kernel(name, window=window, ndim=ndim)
+    labels = rng.integers(OUTSIDE, 4, (side + 1,) + (side,) * (ndim - 1)).astype(np.int32)
+    # (Small counts: every sum a multiple of the gaussian's quantum, 2**-48, below 2**53.)
+    counts = rng.integers(0, 4, (3, *labels.shape)).astype(np.float64)
+    for wrap in [(False,) * ndim, (True,) * ndim, (True,) + (False,) * (ndim - 1)]:
+        want = vote(labels, 4, k, "direct", None, wrap, True)
+        np.testing.assert_array_equal(window_votes(labels, k.weights, 4, wrap, True), want)
+        np.testing.assert_array_equal(vote(labels, 4, k, "lines", None, wrap, True), want)
+        np.testing.assert_array_equal(
+            line_sums(counts, k.weights, wrap), correlate(counts, k, "direct", wrap, True)
+        )
