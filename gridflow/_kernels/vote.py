@@ -345,15 +345,20 @@ def _lines_compiled() -> Any:
     # dyadic weights, multiples of the quantum below 2**53), so reassociating or
     # contracting them into FMAs cannot change a bit; it lets LLVM vectorize.
     @njit(parallel=True, cache=True, fastmath=True)
-    def lines(planes, pshape, shape, members, starts, profiles, out):  # pragma: no cover - compiled
-        # planes: (nplanes, prod(pshape)) the block padded by the radius r on
-        # every side; out: (nplanes, prod(shape)). For each output line (all
-        # leading coords, the whole last dim) and class: S_g = the sum of the
-        # padded lines at the leading offsets of group g (flat offsets
-        # `members[starts[g]:starts[g + 1]]`), then out += profiles[g] (the
-        # weights of those offsets along the last dim) correlated with S_g.
+    def lines(
+        planes, labels, pshape, shape, members, starts, profiles, out
+    ):  # pragma: no cover - compiled
+        # The block padded by the radius r on every side: `planes` (nplanes,
+        # prod(pshape)) float64, or, when `planes` is empty, `labels`
+        # (prod(pshape)) int32, whose plane k is `labels == k`. out: (nplanes,
+        # prod(shape)). For each output line (all leading coords, the whole
+        # last dim) and class: S_g = the sum of the padded lines at the leading
+        # offsets of group g (flat offsets `members[starts[g]:starts[g + 1]]`),
+        # then out += profiles[g] (the weights of those offsets along the last
+        # dim) correlated with S_g.
         ndim = shape.shape[0]
-        nplanes = planes.shape[0]
+        nplanes = out.shape[0]
+        from_labels = planes.shape[1] == 0
         n = shape[ndim - 1]
         npad = pshape[ndim - 1]
         width = profiles.shape[1]
@@ -376,18 +381,21 @@ def _lines_compiled() -> Any:
                 base += (c + (pshape[d] - shape[d]) // 2) * pstrides[d]
             s = np.empty(npad)
             for k in range(nplanes):
-                row = planes[k]
                 a = out[k, line * n : line * n + n]
                 a[:] = 0.0
                 for g in range(ngroups):
-                    m0 = starts[g]
-                    first = row[base + members[m0] : base + members[m0] + npad]
                     for z in range(npad):
-                        s[z] = first[z]
-                    for m in range(m0 + 1, starts[g + 1]):
-                        src = row[base + members[m] : base + members[m] + npad]
-                        for z in range(npad):
-                            s[z] += src[z]
+                        s[z] = 0.0
+                    for m in range(starts[g], starts[g + 1]):
+                        o = base + members[m]
+                        if from_labels:
+                            src = labels[o : o + npad]
+                            for z in range(npad):
+                                s[z] += 1.0 if src[z] == k else 0.0
+                        else:
+                            row = planes[k, o : o + npad]
+                            for z in range(npad):
+                                s[z] += row[z]
                     for t in range(width):
                         w = profiles[g, t]
                         if w != 0.0:
@@ -455,20 +463,44 @@ def line_sums(
     method. ``padded``: ``planes`` already carry the radius on every side
     (wrapped or zero), and the result has the shape without it.
     """
+    if not padded:
+        radius = tuple(s // 2 for s in weights.shape)
+        planes = pad_block(planes, radius, wrap, 0.0, lead=1)
+    return _line_sums(planes, None, planes.shape[0], weights, out)
+
+
+def _line_sums(
+    planes: np.ndarray | None,
+    labels: np.ndarray | None,
+    nplanes: int,
+    weights: np.ndarray,
+    out: np.ndarray | None,
+) -> np.ndarray:
+    """The compiled line sums of padded ``planes``, or of the one-hot planes of
+    padded ``labels`` (classes ``0..nplanes-1``) without making them."""
     w = np.ascontiguousarray(weights, dtype=np.float64)
     radius = tuple(s // 2 for s in w.shape)
-    if not padded:
-        planes = pad_block(planes, radius, wrap, 0.0, lead=1)
-    shape = tuple(s - 2 * r for s, r in zip(planes.shape[1:], radius, strict=True))
+    pshape = planes.shape[1:] if planes is not None else labels.shape
+    shape = tuple(s - 2 * r for s, r in zip(pshape, radius, strict=True))
     lead, starts, profiles, _ = line_groups(w.tobytes(), w.shape)
-    pshape = planes.shape[1:]
     pstrides = np.cumprod((1, *pshape[:0:-1]))[::-1]  # C strides of the padded block
     members = (lead * np.asarray(pstrides[:-1], np.int64)).sum(axis=1).astype(np.int64)
     into = out
     if out is None or out.dtype != np.float64 or not out.flags.c_contiguous:
-        into = np.empty((planes.shape[0], *shape))
+        into = np.empty((nplanes, *shape))
+    flat_planes = (
+        np.ascontiguousarray(planes, dtype=np.float64).reshape(nplanes, -1)
+        if planes is not None
+        else np.empty((nplanes, 0))
+    )
+    flat_labels = (
+        np.ascontiguousarray(labels, dtype=np.int32).reshape(-1)
+        if labels is not None
+        else np.empty(0, np.int32)
+    )
     _lines_compiled()(
-        np.ascontiguousarray(planes, dtype=np.float64).reshape(planes.shape[0], -1),
+        flat_planes,
+        flat_labels,
         np.asarray(pshape, np.int64),
         np.asarray(shape, np.int64),
         members,
@@ -518,12 +550,12 @@ def window_votes(
 
     The CPU twin of :func:`gridflow._kernels.cuda_vote.window_votes`: the
     labels padded by the radius (wrapped, or a label that does not vote),
-    their one-hot planes, then :func:`line_sums`. Labels < 0 or >=
+    then :func:`line_sums` of their one-hot planes, read from the labels
+    as the lines are summed (no planes are made). Labels < 0 or >=
     ``nclasses`` do not vote; beyond an edge that does not wrap nothing
     votes, with or without ``exact``.
     """
     flags = tuple(np.broadcast_to(np.asarray(wrap, np.bool_), (labels.ndim,)).tolist())
     radius = tuple(s // 2 for s in weights.shape)
     padded = pad_block(np.ascontiguousarray(labels, np.int32), radius, flags, -1)
-    planes = onehot(padded, nclasses)
-    return line_sums(planes, weights, flags, out, padded=True)
+    return _line_sums(None, padded, nclasses, weights, out)
