@@ -4,11 +4,13 @@ The model prices one round of ``f`` fused steps on a grid cut into blocks
 (chunks and ``f`` from gridflow's own memory planner, ``plan_filter``):
 
     compute   = waves x (cells of a haloed block) x f x cell_s
-                (waves = ceil(blocks / threads of the cluster))
+                (waves = ceil(blocks / cores the workers' threads can use))
     scheduler = tasks x task_s          (one central scheduler: serial)
-    halo      = halo bytes of a node's blocks / link bandwidth
-    round     = max(compute, scheduler) + halo + round_s
-    stage     = rounds + cells x stage_cell_s / threads   (read, majority, write)
+    halo      = the remote share of the halo bytes of a node's blocks / link
+    round     = max(compute, scheduler, halo) + round_s   (transfers and
+                scheduling overlap the blocks' compute)
+    stage     = rounds + stage_s + cells x stage_cell_s / cores
+                (read, majority, write; stage_s: graph, plan, metadata)
 
 Tasks per round are a block's own task and its halo slabs (``3**d - 1``
 pieces, the dense engine's ``rounds.block_round``) plus the write and stats
@@ -23,8 +25,9 @@ Every constant is measured on this machine before the predictions:
 - ``task_s``: scheduler seconds per task (2,000 tiny tasks through a
   2-process LocalCluster);
 - ``link``: bytes/s between two worker processes (a 64 MB array moved);
-- ``stage_cell_s``: classify's per-cell cost beyond the rounds (a one-step
-  classify in-process, minus its modeled round).
+- ``stage_s`` and ``stage_cell_s``: classify's cost beyond the rounds, fixed
+  and per cell (one-step classifies in-process on 512² and 1024², minus
+  their modeled rounds).
 
 ``--check`` then runs ``gridflow.classify`` in-process and on 1, 2 and 4
 worker processes (the runs of ``benchmarks/bench_distributed.py``) and prints
@@ -66,6 +69,7 @@ class Constants:
     cell_s: float
     task_s: float
     link: float
+    stage_s: float
     stage_cell_s: float
 
 
@@ -114,9 +118,10 @@ def _plan(case: Case, workers: int, threads: int, memory: float):
 
 def predict(
     case: Case, c: Constants, nodes: int, workers: int, threads: int, memory: float,
-    link: float | None = None, stage: bool = True,
+    cores: int, stage: bool = True,
 ) -> Prediction:  # fmt: skip
-    """Seconds of classify's rounds (and the stage around them) on ``nodes`` x ``workers``."""
+    """Seconds of classify's rounds (and the stage around them) on ``nodes`` nodes of
+    ``cores`` cores, each running ``workers`` workers of ``threads`` threads."""
     plan = _plan(case, nodes * workers, threads, memory)
     radius = _kernel(case).radius
     chunk = plan.chunks
@@ -124,16 +129,17 @@ def predict(
     split = [math.ceil(n / s) > 1 for n, s in zip(case.shape, chunk, strict=True)]
     cells = math.prod(case.shape)
     total_threads = nodes * workers * threads
+    parallel = min(total_threads, nodes * cores)
+    remote = 1.0 - 1.0 / (nodes * workers)  # the share of a block's halo held elsewhere
     f = max(1, min(plan.fuse, case.iterations))
     rounds = math.ceil(case.iterations / f)
     seconds, bounds = 0.0, []
-    link = c.link if link is None else link
     for r in range(rounds):
         steps = min(f, case.iterations - r * f)
         haloed = math.prod(
             s + 2 * steps * w * sp for s, w, sp in zip(chunk, radius, split, strict=True)
         )
-        waves = math.ceil(blocks / total_threads)
+        waves = math.ceil(blocks / parallel)
         compute = waves * haloed * steps * c.cell_s
         pieces = 3 ** sum(split)
         tasks = blocks * pieces + (blocks * STAGE_TASKS_PER_BLOCK if r == rounds - 1 else blocks)
@@ -141,11 +147,12 @@ def predict(
         # Halo bytes (int32 labels; uint32 counts on the first round) of a node's blocks.
         halo_cells = haloed - math.prod(chunk)
         per_cell = 4 * (1 + (case.nclasses if r == 0 else 0))
-        halo = 0.0 if nodes * workers == 1 else halo_cells * per_cell * blocks / nodes / link
-        seconds += max(compute, scheduler) + halo + ROUND_S
-        bounds.append("scheduler" if scheduler > compute else "compute")
+        halo = remote * halo_cells * per_cell * blocks / nodes / c.link
+        terms = {"compute": compute, "scheduler": scheduler, "halo": halo}
+        seconds += max(terms.values()) + ROUND_S
+        bounds.append(max(terms, key=terms.get))
     if stage:
-        seconds += cells * c.stage_cell_s / total_threads
+        seconds += c.stage_s + cells * c.stage_cell_s / parallel
     state = cells * 12 / (nodes * workers)
     return Prediction(
         seconds=seconds,
@@ -275,19 +282,25 @@ def main() -> int:
     root = tempfile.mkdtemp(prefix="gf-scaling-")
     rows = []
     try:
-        # stage_cell_s: a one-step classify in-process, minus its modeled round.
+        # stage_s, stage_cell_s: one-step classifies in-process on 512² and 1024²,
+        # minus their modeled rounds: a line through the two.
         case0, chunks0 = checks[0]
-        one = Case(case0.shape, case0.nclasses, case0.window, 1, case0.chunks)
-        store0 = _store(root, one, chunks0)
-        with client():
-            measured1 = _classify_seconds(store0, root, one)
-        c0 = Constants(cell[case0.shape], task_s, link, 0.0)
-        rounds1 = predict(one, c0, 1, 1, cores, memory, stage=False).seconds
-        stage_cell_s = max(0.0, measured1 - rounds1) * cores / math.prod(one.shape)
+        beyond = []
+        for side in (512, 1024):
+            one = Case((side, side), case0.nclasses, case0.window, 1, case0.chunks)
+            with client():
+                measured1 = _classify_seconds(_store(root, one, chunks0), root, one)
+            c0 = Constants(cell[case0.shape], task_s, link, 0.0, 0.0)
+            rounds1 = predict(one, c0, 1, 1, cores, memory, cores, stage=False).seconds
+            beyond.append((side * side, max(0.0, measured1 - rounds1)))
+        (n1, s1), (n2, s2) = beyond
+        stage_cell_s = max(0.0, (s2 - s1) / (n2 - n1)) * cores
+        stage_s = max(0.0, s1 - n1 * stage_cell_s / cores)
         print(
             f"Constants measured here: cell_s {', '.join(f'{s[0]}²: {v * 1e9:.1f} ns' for s, v in cell.items())}; "
             f"task_s {task_s * 1e6:.0f} µs; link {link / 1e9:.2f} GB/s (loopback); "
-            f"stage_cell_s {stage_cell_s * 1e9:.0f} ns (from a 1-step classify, {measured1:.2f} s)"
+            f"stage_s {stage_s:.2f} s, stage_cell_s {stage_cell_s * 1e9:.0f} ns "
+            f"(one-step classifies: {s1:.2f} s beyond the rounds on 512², {s2:.2f} s on 1024²)"
         )
         print()
         if args.check:
@@ -295,15 +308,13 @@ def main() -> int:
             print("|---|---|---:|---:|---:|")
             for case, chunks in checks:
                 store = _store(root, case, chunks)
-                consts = Constants(cell[case.shape], task_s, link, stage_cell_s)
+                consts = Constants(cell[case.shape], task_s, link, stage_s, stage_cell_s)
                 for workers in (0, 1, 2, 4):
                     threads = cores if workers == 0 else max(1, cores // workers)
                     procs = max(1, workers)
                     kw = {} if workers == 0 else {"workers": workers, "threads": threads}
                     # Several processes on this machine share its cores.
-                    share = min(procs * threads, cores) / procs
-                    pred = predict(case, consts, 1, procs, max(1, int(share)), memory / procs,
-                                   link=link if workers > 1 else None)  # fmt: skip
+                    pred = predict(case, consts, 1, procs, threads, memory / procs, cores)
                     with client(**kw):
                         got = _classify_seconds(store, root, case)
                     name = "in-process" if workers == 0 else f"{workers} proc x {threads} thr"
@@ -317,7 +328,7 @@ def main() -> int:
             print()
         # The projection: 3-D, 4 classes, w=2, 10 steps, on nodes of the given size.
         proj_cell = _cell_seconds(Case((256,) * 3, 4, 2, 10), (128,) * 3, 4)
-        consts = Constants(proj_cell, task_s, args.link_gbs * 1e9, stage_cell_s)
+        consts = Constants(proj_cell, task_s, args.link_gbs * 1e9, stage_s, stage_cell_s)
         nodes_list = [1, 4, 16, 64, 256]
         print(
             f"Projection: 3-D, 4 classes, w=2, 10 steps; nodes of {args.node_cores} cores "
@@ -336,7 +347,10 @@ def main() -> int:
             case = Case((side,) * 3, 4, 2, 10)
             cells_ = []
             for n in nodes_list:
-                p = predict(case, consts, n, 1, args.node_cores, args.node_memory * 1e9 * 0.8)
+                p = predict(
+                    case, consts, n, 1, args.node_cores, args.node_memory * 1e9 * 0.8,
+                    args.node_cores,
+                )  # fmt: skip
                 fits = p.worker_bytes < args.node_memory * 1e9 * 0.8
                 cells_.append(
                     f"{p.per_step:.3g}, {p.tasks_per_round:,}, {p.worker_bytes / 1e9:.3g}"
