@@ -51,6 +51,7 @@ __all__ = [
     "decide",
     "fused_steps",
     "history_entries",
+    "label_dtype",
     "pad",
     "persist_round",
     "run_dask",
@@ -418,7 +419,10 @@ def run_dask(
             ensure_minimum_chunksize(max(r, 1), c)
             for r, c in zip(kernel.radius, labels.chunks, strict=True)
         )
-    labels = labels.rechunk(chunks).astype(np.int32)
+    # Between rounds the labels are held (and their halos sent) in the smallest
+    # integer that takes every class and the two sentinels: one byte up to 127 classes.
+    state_dtype = np.int32 if sparse_ else label_dtype(nclasses)
+    labels = labels.rechunk(chunks).astype(state_dtype)
     occupied = support == "occupied"
     if occupied and not sparse_:
         labels = da.where(labels == UNLABELED, OUTSIDE, labels)
@@ -428,7 +432,7 @@ def run_dask(
     state = start or RoundState(0, labels, None)
     state = RoundState(
         state.step,
-        state.labels.rechunk(chunks),
+        state.labels.rechunk(chunks).astype(labels.dtype),
         None if state.density is None else state.density.rechunk(chunks),
     )
     limit = iterations if iterations is not None else max_iter
@@ -453,7 +457,7 @@ def run_dask(
         return _round(state, *args, steps, final_votes=final_votes)
 
     def labels_of(out: da.Array) -> da.Array:
-        return sparse_engine.labels_of(out[0]) if sparse_ else out[0].astype(np.int32)
+        return sparse_engine.labels_of(out[0]) if sparse_ else out[0].astype(state_dtype)
 
     def plan(done: int, remaining: int) -> int:
         if sparse_:
@@ -503,6 +507,14 @@ def run_dask(
     if occupied and not sparse_:
         final.labels = da.where(final.labels == OUTSIDE, UNLABELED, final.labels)
     return final
+
+
+def label_dtype(nclasses: int) -> np.dtype:
+    """The smallest signed integer holding classes ``0..nclasses-1``, UNLABELED and OUTSIDE."""
+    for dtype in (np.int8, np.int16):
+        if nclasses <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
 
 
 def step_cost(
