@@ -3,7 +3,8 @@
 A stage that iterates a one-block step (the vote filter of classify and
 cluster, the fractal classifier's neighbour step) runs it in rounds: ``f``
 fused steps on every chunk at once, with a halo ``f * r`` cells deep (``r``
-the step's radius) exchanged once by ``map_overlap``. More steps per round
+the step's radius) exchanged once (:func:`block_round` for the vote
+engines, ``map_overlap`` for the fractal step). More steps per round
 mean fewer rounds (each costs tasks, a halo exchange and a persist or a
 checkpoint), but a deeper halo and so more cells computed twice.
 :func:`fusion_factor` is the one rule that weighs the two;

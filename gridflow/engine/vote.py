@@ -385,7 +385,7 @@ def run_dask(
     seed_counts: da.Array | None = None,
     support: str = "reachable",
 ) -> FinalRound:
-    """The vote filter on a dask array: rounds of fused steps with ``map_overlap`` halos.
+    """The vote filter on a dask array: rounds of fused steps on haloed blocks.
 
     ``iterations=None`` runs until a step labels no new cell and changes at
     most ``tol`` of the cells (at most ``max_iter`` steps); the result is the
