@@ -35,6 +35,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "backend_of",
+    "checked_backend",
     "is_numpy",
     "meta_like",
     "move",
@@ -259,6 +260,15 @@ def parse_backend(value: Any) -> str | None:
     if value is None or value in BACKENDS:
         return value
     raise ParameterError(f"backend: expected {' or '.join(map(repr, BACKENDS))}, got {value!r}")
+
+
+def checked_backend(value: Any) -> str | None:
+    """``backend=`` parsed (:func:`parse_backend`), and, when one is named, its
+    packages and device checked (:func:`require_backend`): before any work."""
+    name = parse_backend(value)
+    if name is not None:
+        require_backend(name)
+    return name
 
 
 def require_backend(name: str) -> Backend:

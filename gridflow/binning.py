@@ -847,11 +847,9 @@ def bin_points(
     1000
     """
     from gridflow import store as store_mod
-    from gridflow.backend import parse_backend, require_backend
+    from gridflow.backend import checked_backend
 
-    backend = parse_backend(backend)
-    if backend is not None:
-        require_backend(backend)  # a missing CuPy or device is named before any work
+    backend = checked_backend(backend)  # a missing CuPy or device is named before any work
     if store is not None:
         store_mod.check_writable(store, overwrite=overwrite, inputs={"the points": points})
         _check_output_dir(store)

@@ -61,7 +61,7 @@ from dask.delayed import Delayed
 
 from gridflow._kernels import cuda_cells
 from gridflow._staging import check_output, staged_directory
-from gridflow.backend import move, ops, parse_backend, require_backend, to_host
+from gridflow.backend import checked_backend, move, ops, to_host
 from gridflow.binning import _kernel_args
 from gridflow.errors import InputDataError, ParameterError, StoreError
 from gridflow.grid import GridSpec
@@ -853,7 +853,7 @@ def predict(
     >>> int(result.codes[1]), result.report["no_cell"]
     (-1, 1)
     """
-    backend = _parse_backend(backend)
+    backend = checked_backend(backend)
     ds = as_grid(grid)
     g = _Grid(ds, variable, probabilities, levels=levels, min_votes=min_votes, backend=backend)
     cols = parse_columns(columns, g.spec)
@@ -925,7 +925,7 @@ def predict_to_parquet(
     >>> predict_to_parquet("grid.zarr", "new_points.parquet", "predicted.parquet")  # doctest: +SKIP
     {'rows': 1000, 'predicted': 990, 'no_cell': 10, 'unlabeled_cell': 0}
     """
-    backend = _parse_backend(backend)
+    backend = checked_backend(backend)
     out = os.path.abspath(os.fspath(out))
     check_output(out, overwrite=overwrite, inputs={"the grid": grid, "the points": points})
     ds = as_grid(grid)
@@ -979,14 +979,6 @@ def predict_to_parquet(
     report = _report(stats.to_numpy(), g.nlevels)
     log.info("wrote %s (%s)", out, report)
     return report
-
-
-def _parse_backend(backend: Any) -> str | None:
-    """``backend=`` parsed, and its packages and device checked before any work."""
-    backend = parse_backend(backend)
-    if backend is not None:
-        require_backend(backend)
-    return backend
 
 
 # --- output helpers ---------------------------------------------------------------

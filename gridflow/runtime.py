@@ -250,8 +250,8 @@ def _threads(opts: SchedulerOptions, workers: int) -> int:
 #: with ``MALLOC_TRIM_THRESHOLD_=65536`` (give freed memory back at once), which
 #: also pins the mmap threshold at 128 KiB: every chunk-sized temporary of a
 #: round is then a fresh mapping whose pages fault in again, and a 456² x 5
-#: vote round ran 1.5x slower alone, 2x slower beside a second worker
-#: (benchmarks/bench_distributed.py). Blocks under 64 MiB come from the heap and
+#: vote round ran 1.5x slower alone, 2x slower beside a second worker (one-off
+#: timings of fused_steps on one block). Blocks under 64 MiB come from the heap and
 #: are reused; free memory past 128 MiB at the heap's top still goes back.
 MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
@@ -273,22 +273,22 @@ def _local(opts: SchedulerOptions) -> Iterator[Any]:
         cluster = LocalCluster(
             processes=False, n_workers=1, threads_per_worker=_threads(opts, 1), **kwargs
         )
-        share = {WORKER_CORES_ENV: str(cores)}
+        here = {WORKER_CORES_ENV: str(cores)}  # the worker runs in this process
     else:
         # Each worker process owns its share of the cores: its tasks' FFTs and
         # compiled loops split that share (gridflow.backend.task_threads).
-        share = {WORKER_CORES_ENV: str(max(1, cores // opts.workers))}
-        spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in MALLOC_ENVIRON.items()}
-        with dask.config.set(spawn):  # read by each nanny as it is created
+        here = {}
+        spawn = {**MALLOC_ENVIRON, WORKER_CORES_ENV: str(max(1, cores // opts.workers))}
+        config = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in spawn.items()}
+        with dask.config.set(config):  # read by each nanny as it is created
             cluster = LocalCluster(
                 host="127.0.0.1",
                 processes=True,
                 n_workers=opts.workers,
                 threads_per_worker=_threads(opts, opts.workers),
-                env=share,
                 **kwargs,
             )
-    with _environ(share), cluster, Client(cluster) as c:
+    with _environ(here), cluster, Client(cluster) as c:
         log.info("local Dask cluster: %s (dashboard %s)", c.scheduler.address, dashboard_link(c))
         yield c
 

@@ -921,11 +921,9 @@ def stage_input(grid: Any, backend: str | None = None) -> tuple[str | None, Any,
     with dense chunks on ``backend`` (:func:`gridflow.backend.move`; None: as stored)."""
     import dask.array as da
 
-    from gridflow.backend import move, parse_backend, require_backend
+    from gridflow.backend import checked_backend, move
 
-    backend = parse_backend(backend)
-    if backend is not None:
-        require_backend(backend)  # before any work: a missing CuPy or device is named
+    backend = checked_backend(backend)  # before any work: a missing CuPy or device is named
     path = os.fspath(grid) if isinstance(grid, (str, os.PathLike)) else None
     grid = as_grid(grid)
     counts = grid["counts"].data

@@ -449,7 +449,6 @@ def line_sums(
     weights: np.ndarray,
     wrap: tuple[bool, ...],
     out: np.ndarray | None = None,
-    padded: bool = False,
 ) -> np.ndarray:
     """Window correlation of ``planes`` (nplanes, *shape), float64: each cell
     gets the sum over the window offsets ``u`` of ``weights[r + u] *
@@ -460,12 +459,10 @@ def line_sums(
     window's leading offsets grouped by their weights (:func:`line_groups`):
     every product is an integer count times a dyadic weight and every sum a
     multiple of the kernel's quantum, so the bits are those of any exact
-    method. ``padded``: ``planes`` already carry the radius on every side
-    (wrapped or zero), and the result has the shape without it.
+    method.
     """
-    if not padded:
-        radius = tuple(s // 2 for s in weights.shape)
-        planes = pad_block(planes, radius, wrap, 0.0, lead=1)
+    radius = tuple(s // 2 for s in weights.shape)
+    planes = pad_block(planes, radius, wrap, 0.0, lead=1)
     return _line_sums(planes, None, planes.shape[0], weights, out)
 
 

@@ -137,7 +137,7 @@ def overlap_round(
         meta=meta,
         assemble=assemble_dense,
         slabs=True,
-        keywords={"has_seed": seeded},
+        has_seed=seeded,
         **kwargs,
     )
 
@@ -153,7 +153,6 @@ def block_round(
     meta: Any,
     assemble: Callable[..., Any],
     slabs: bool,
-    keywords: dict[str, Any],
     block_id: bool = False,
     **kwargs: Any,
 ) -> Any:
@@ -168,8 +167,8 @@ def block_round(
     boxes, shape, fill)`` builds one haloed block from its pieces:
     neighbour chunks whole, or with ``slabs`` each piece cut by a task of
     its own where its chunk lives (only halos travel), ``boxes[p] = (lo,
-    hi, at)``. ``block`` gets ``keywords``, ``has_density``, ``first_step``,
-    ``depth_``, ``kwargs`` and, with ``block_id``, the block's index.
+    hi, at)``. ``block`` gets ``has_density``, ``first_step``, ``depth_``,
+    ``kwargs`` and, with ``block_id``, the block's index.
     """
     import functools
     import itertools
@@ -186,18 +185,16 @@ def block_round(
         has_density=density is not None,
         first_step=state.step + 1,
         depth_=depth,
-        **keywords,
         **kwargs,
     )
     name = "round-" + tokenize(
         [(a.name, fill) for a, fill in haloed], density.name if density is not None else None,
-        depth, periodic, nplanes, state.step, slabs, sorted(keywords.items(), key=str),
-        sorted(kwargs.items(), key=str),
+        depth, periodic, nplanes, state.step, slabs, sorted(kwargs.items(), key=str),
     )  # fmt: skip
     slab = "halo-" + name
     dsk: dict[Any, Any] = {}
+    pad = [fill is not None for _, fill in haloed]
     for idx in np.ndindex(*cur.numblocks):
-        pad = [fill is not None for _, fill in haloed]
         inputs = []
         for i, (a, fill) in enumerate(haloed):
             pieces = list(itertools.product(*halo_pieces(idx, chunks, depth, periodic, pad[i])))

@@ -27,6 +27,7 @@ counts in the first cells of their planes).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -275,7 +276,7 @@ def _overlap_round(
     seeded = seed_counts is not None and state.step == 0
     haloed = [(a, None) for a in (state.labels, *extras, *([seed_counts] if seeded else []))]
     return block_round(
-        block,
+        functools.partial(block, periodic=periodic),
         state,
         haloed,
         depth=depth,
@@ -284,7 +285,7 @@ def _overlap_round(
         meta=meta,
         assemble=_haloed,
         slabs=False,
-        keywords={"has_seed": seeded, "periodic": periodic},
+        has_seed=seeded,
         block_id=True,
         **kwargs,
     )
